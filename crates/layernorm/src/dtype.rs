@@ -1,0 +1,130 @@
+//! Element types.
+//!
+//! [`Element`] is the storage type of tensors (f32 and f64 today; f16 and bf16 slot in by
+//! implementing it, with no new kernel). Kernels never compute in the storage type: they widen
+//! to [`Element::Compute`] (f32 for f32 and the 16-bit types, f64 for f64), accumulate row
+//! statistics in f64, and narrow once on store. The saved statistics (mean, rstd) have the
+//! compute type, as PyTorch's `native_layer_norm` does.
+
+use std::fmt::Debug;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point type the kernels compute in: `f32` or `f64`. Sealed.
+pub trait Float:
+    sealed::Sealed
+    + Copy
+    + Send
+    + Sync
+    + Debug
+    + Default
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + 'static
+{
+    /// Name as in numpy (`"float32"`).
+    const NAME: &'static str;
+    /// Zero.
+    const ZERO: Self;
+    /// One.
+    const ONE: Self;
+    /// The smallest and largest scale factor (rstd) that still carries full precision and
+    /// cannot push `(x − μ)·rstd` out of range; rows outside it are computed in f64.
+    const SCALE_RANGE: (f64, f64);
+    /// Rounds an f64 to this type (round to nearest).
+    fn from_f64(v: f64) -> Self;
+    /// Widens to f64 (exact).
+    fn to_f64(self) -> f64;
+    /// Converts from another compute type (exact when widening, round to nearest otherwise).
+    #[inline(always)]
+    fn cast<K: Float>(v: K) -> Self {
+        Self::from_f64(v.to_f64())
+    }
+}
+
+impl Float for f32 {
+    const NAME: &'static str = "float32";
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    // 2^±100: |x − μ| ≤ σ·√n < 2^100·2^32 stays below f32::MAX, and rstd stays normal.
+    const SCALE_RANGE: (f64, f64) = (7.888_609_052_210_118e-31, 1.267_650_600_228_229_4e30);
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Float for f64 {
+    const NAME: &'static str = "float64";
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    // 2^±900.
+    const SCALE_RANGE: (f64, f64) = (1.183_052_186_166_774_7e-271, 8.452_712_498_170_644e270);
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// A tensor element type. Sealed: implemented for `f32` and `f64`.
+///
+/// Per-type code is only the widening load and the narrowing store; everything else is shared.
+pub trait Element: sealed::Sealed + Copy + Send + Sync + Debug + Default + PartialEq + 'static {
+    /// The type arithmetic is done in, and the type of the saved statistics.
+    type Compute: Float;
+    /// Name as in numpy (`"float32"`).
+    const NAME: &'static str;
+    /// Widens to the compute type (exact).
+    fn widen(self) -> Self::Compute;
+    /// Rounds from the compute type (round to nearest even).
+    fn narrow(v: Self::Compute) -> Self;
+}
+
+impl Element for f32 {
+    type Compute = f32;
+    const NAME: &'static str = "float32";
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> Self {
+        v
+    }
+}
+
+impl Element for f64 {
+    type Compute = f64;
+    const NAME: &'static str = "float64";
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(v: f64) -> Self {
+        v
+    }
+}
+
+/// Widens an element straight to f64 (exact for every element type).
+#[inline(always)]
+pub(crate) fn to_f64<T: Element>(v: T) -> f64 {
+    v.widen().to_f64()
+}

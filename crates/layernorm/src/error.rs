@@ -1,0 +1,129 @@
+//! The one error type of the crate.
+//!
+//! Every public entry point validates its arguments before any kernel runs, so kernels cannot
+//! fail: an `Err` always means "this call was given something it cannot compute", never "the
+//! computation went wrong half way".
+
+use std::fmt;
+
+/// Which argument of a call an [`Error`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operand {
+    /// The input `x`.
+    Input,
+    /// The output `y` (or `dx` in backward).
+    Output,
+    /// The scale γ.
+    Weight,
+    /// The shift β.
+    Bias,
+    /// The saved per-row means.
+    Mean,
+    /// The saved per-row reciprocal standard deviations.
+    Rstd,
+    /// The upstream gradient `dy`.
+    GradOutput,
+    /// The input gradient `dx`.
+    GradInput,
+    /// The scale gradient `dγ`.
+    GradWeight,
+    /// The shift gradient `dβ`.
+    GradBias,
+    /// The normalized shape of a layer.
+    NormalizedShape,
+}
+
+impl fmt::Display for Operand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operand::Input => "input",
+            Operand::Output => "output",
+            Operand::Weight => "weight (gamma)",
+            Operand::Bias => "bias (beta)",
+            Operand::Mean => "saved mean",
+            Operand::Rstd => "saved rstd",
+            Operand::GradOutput => "output gradient",
+            Operand::GradInput => "input gradient",
+            Operand::GradWeight => "weight gradient",
+            Operand::GradBias => "bias gradient",
+            Operand::NormalizedShape => "normalized shape",
+        })
+    }
+}
+
+/// Everything that can be wrong with the arguments of a call.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A buffer does not have the number of elements the call needs.
+    #[error("{operand} has {actual} elements, expected {expected}")]
+    LengthMismatch {
+        /// The buffer at fault.
+        operand: Operand,
+        /// The length the call needs.
+        expected: usize,
+        /// The length it was given.
+        actual: usize,
+    },
+    /// The input length is not a whole number of rows.
+    #[error("input of {len} elements is not a whole number of rows of {normalized_len}")]
+    RaggedInput {
+        /// Elements in the input.
+        len: usize,
+        /// Elements per normalized row.
+        normalized_len: usize,
+    },
+    /// A tensor has the wrong shape (γ/β against the normalized shape, say).
+    #[error("{operand} has shape {actual:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// The tensor at fault.
+        operand: Operand,
+        /// The shape the call needs.
+        expected: Vec<usize>,
+        /// The shape it was given.
+        actual: Vec<usize>,
+    },
+    /// The input's trailing dimensions are not the normalized shape.
+    #[error("input of shape {shape:?} does not end with the normalized shape {normalized_shape:?}")]
+    NormalizedShapeMismatch {
+        /// The input's shape.
+        shape: Vec<usize>,
+        /// The normalized shape it should end with.
+        normalized_shape: Vec<usize>,
+    },
+    /// ε must be finite and strictly positive.
+    #[error("epsilon must be finite and > 0, got {eps}")]
+    InvalidEpsilon {
+        /// The rejected value.
+        eps: f64,
+    },
+    /// The normalized shape has no dimensions.
+    #[error("the normalized shape is empty: nothing to normalize over")]
+    EmptyNormalizedShape,
+    /// A tensor has a dimension of size zero (or a buffer is empty).
+    #[error("{operand} of shape {shape:?} has a zero-size dimension")]
+    ZeroSizeDim {
+        /// The tensor at fault.
+        operand: Operand,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// An axis lies outside `-rank..rank`.
+    #[error("axis {axis} is out of range for a tensor of rank {rank}")]
+    AxisOutOfRange {
+        /// The axis as given (negative counts from the end).
+        axis: isize,
+        /// The rank of the tensor.
+        rank: usize,
+    },
+    /// The number of elements of a shape does not fit in `usize`.
+    #[error("the element count of shape {shape:?} overflows")]
+    SizeOverflow {
+        /// The shape at fault.
+        shape: Vec<usize>,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,54 @@
+//! # layernorm
+//!
+//! Layer Normalization for Rust — exact on every input, deterministic across threads, with
+//! the backward pass (dx, dγ, dβ) that training needs.
+//!
+//! For an input viewed as `rows × cols` (`cols` = the product of the normalized trailing
+//! dims), each row is normalized on its own:
+//!
+//! ```text
+//! μ = mean(x)    σ² = mean((x − μ)²)    y = (x − μ)/√(σ² + ε) · γ + β
+//! ```
+//!
+//! Two levels of API:
+//! - the [`LayerNorm`] layer (built from a [`LayerNormConfig`]), which takes shapes and owns
+//!   γ and β;
+//! - plain functions on slices in [`layer_norm`] — [`forward`](layer_norm::forward),
+//!   allocation-free [`forward_into`](layer_norm::forward_into),
+//!   [`backward`](layer_norm::backward) and [`backward_into`](layer_norm::backward_into) —
+//!   for engine authors who manage their own buffers.
+//!
+//! ```
+//! use layernorm::LayerNorm;
+//!
+//! let layer = LayerNorm::<f32>::new(&[4])?;
+//! let x = [1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0];
+//! let (y, _stats) = layer.forward(&x, &[2, 4])?;
+//! assert!(y[..4].iter().sum::<f32>().abs() < 1e-6);
+//! assert_eq!(&y[4..], &[0.0; 4]); // a constant row normalizes to exactly β
+//! # Ok::<(), layernorm::Error>(())
+//! ```
+//!
+//! Numerics, determinism and error handling are described in [`layer_norm`]; every public
+//! function validates its arguments and returns an [`Error`] rather than panicking.
+
+#![deny(unsafe_code)]
+
+mod dtype;
+mod error;
+mod kernels;
+pub mod layout;
+mod norm;
+mod par;
+pub mod reference;
+
+pub use dtype::{Element, Float};
+pub use error::{Error, Operand, Result};
+pub use norm::layer_norm;
+pub use norm::layer_norm::{LayerNorm, LayerNormConfig};
+pub use norm::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};
+pub use par::Parallelism;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

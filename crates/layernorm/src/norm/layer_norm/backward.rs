@@ -1,0 +1,186 @@
+//! LayerNorm backward: validation, the row kernel over fixed blocks of rows, and the
+//! fixed-order reduction of the per-block dγ/dβ partials.
+
+use crate::dtype::{Element, Float};
+use crate::error::{Operand, Result};
+use crate::kernels::layer_norm::{backward_row, RowGrads};
+use crate::layout::RowsCols;
+use crate::norm::{check_len, GradMask, Gradients, GradsMut, StatsRef};
+use crate::par::{for_each_block, split_opt, Blocks, Parallelism, RowSplit};
+
+/// Gradients of LayerNorm with respect to x, γ and β, from the upstream gradient `dy`, the
+/// input `x`, the statistics saved by the forward pass and γ (`None` if the forward had none).
+/// `mask` selects which gradients to compute; the others come back as `None`.
+///
+/// The saved mean may have been rounded (to f32, say): the exact mean is recovered from `x`, so
+/// the gradients are accurate even when |mean| ≫ std.
+///
+/// ```
+/// use layernorm::{layer_norm, Affine, GradMask, Parallelism};
+///
+/// let x = [0.1f64, 0.5, 0.3, 0.8];
+/// let gamma = [2.0, 0.5];
+/// let par = Parallelism::Sequential;
+/// let (_y, stats) = layer_norm::forward(&x, 2, Affine::scale(&gamma), 1e-5, par)?;
+/// let dy = [1.0, 0.0, 0.0, 1.0];
+/// let grads = layer_norm::backward(&dy, &x, 2, stats.as_ref(), Some(&gamma), GradMask::ALL, par)?;
+/// let dbias = grads.dbias.unwrap();
+/// assert_eq!(dbias, vec![1.0, 1.0]); // dβ = Σ_rows dy
+/// # Ok::<(), layernorm::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`forward`](super::forward), plus [`Error::LengthMismatch`] if `dy` is not shaped like
+/// `x` or the statistics do not have one value per row.
+///
+/// [`Error::LengthMismatch`]: crate::Error::LengthMismatch
+pub fn backward<T: Element>(
+    dy: &[T],
+    x: &[T],
+    normalized_len: usize,
+    stats: StatsRef<'_, T::Compute>,
+    weight: Option<&[T]>,
+    mask: GradMask,
+    par: Parallelism,
+) -> Result<Gradients<T>> {
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    let buffer = |wanted: bool, len: usize| wanted.then(|| vec![T::default(); len]);
+    let mut grads = Gradients {
+        dx: buffer(mask.input, x.len()),
+        dweight: buffer(mask.weight, shape.cols),
+        dbias: buffer(mask.bias, shape.cols),
+    };
+    let out = GradsMut::from_gradients(&mut grads);
+    backward_into(dy, x, normalized_len, stats, weight, out, par)?;
+    Ok(grads)
+}
+
+/// [`backward`] into caller-provided buffers: each of `grads.dx` (shaped like x),
+/// `grads.dweight` and `grads.dbias` (one value per element of a row) is filled if present.
+///
+/// Allocates nothing but, when dγ or dβ is requested, their f64 partial sums (at most 64
+/// blocks of `normalized_len` values each, and never more than 8 MiB).
+///
+/// # Errors
+/// As [`backward`], plus [`Error::LengthMismatch`] for an output buffer of the wrong length.
+///
+/// [`Error::LengthMismatch`]: crate::Error::LengthMismatch
+pub fn backward_into<T: Element>(
+    dy: &[T],
+    x: &[T],
+    normalized_len: usize,
+    stats: StatsRef<'_, T::Compute>,
+    weight: Option<&[T]>,
+    grads: GradsMut<'_, T>,
+    par: Parallelism,
+) -> Result<()> {
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    let cols = shape.cols;
+    check_len(Operand::GradOutput, x.len(), dy.len())?;
+    stats.check(shape.rows)?;
+    if let Some(w) = weight {
+        check_len(Operand::Weight, cols, w.len())?;
+    }
+    if let Some(dx) = &grads.dx {
+        check_len(Operand::GradInput, x.len(), dx.len())?;
+    }
+    if let Some(dw) = &grads.dweight {
+        check_len(Operand::GradWeight, cols, dw.len())?;
+    }
+    if let Some(db) = &grads.dbias {
+        check_len(Operand::GradBias, cols, db.len())?;
+    }
+
+    let want_dw = grads.dweight.is_some();
+    let want_db = grads.dbias.is_some();
+    let partial_len = cols * (usize::from(want_dw) + usize::from(want_db));
+    let blocks = if partial_len > 0 {
+        Blocks::for_reduction(shape.rows, cols, partial_len / cols)
+    } else {
+        Blocks::for_map(shape.rows, cols)
+    };
+    let mut partials = vec![0.0f64; blocks.count() * partial_len];
+    let work = Rows {
+        cols,
+        block_rows: blocks.block_rows,
+        partial_len,
+        x,
+        dy,
+        mean: stats.mean,
+        rstd: stats.rstd,
+        dx: grads.dx,
+        partials: &mut partials,
+    };
+    let kernel = |mut rows: Rows<'_, T>, _block: usize| {
+        let (dw, db) = rows.partials.split_at_mut(if want_dw { cols } else { 0 });
+        for r in 0..rows.mean.len() {
+            let span = r * cols..(r + 1) * cols;
+            let out = RowGrads {
+                dx: rows.dx.as_deref_mut().map(|dx| &mut dx[span.clone()]),
+                dweight: want_dw.then_some(&mut *dw),
+                dbias: want_db.then_some(&mut *db),
+            };
+            let (mean, rstd) = (rows.mean[r].to_f64(), rows.rstd[r].to_f64());
+            backward_row(&rows.x[span.clone()], &rows.dy[span], weight, mean, rstd, out);
+        }
+    };
+    for_each_block(par, x.len(), blocks, work, &kernel);
+
+    // Combine the block partials in block order: the result does not depend on threads.
+    let reduce = |offset: usize, out: &mut [T]| {
+        for (j, out) in out.iter_mut().enumerate() {
+            let sum = partials
+                .chunks_exact(partial_len)
+                .fold(0.0, |acc, block| acc + block[offset + j]);
+            *out = T::narrow(T::Compute::from_f64(sum));
+        }
+    };
+    if let Some(dw) = grads.dweight {
+        reduce(0, dw);
+    }
+    if let Some(db) = grads.dbias {
+        reduce(if want_dw { cols } else { 0 }, db);
+    }
+    Ok(())
+}
+
+/// A range of rows of the backward problem, with the partials of the blocks it covers.
+struct Rows<'a, T: Element> {
+    cols: usize,
+    block_rows: usize,
+    partial_len: usize,
+    x: &'a [T],
+    dy: &'a [T],
+    mean: &'a [T::Compute],
+    rstd: &'a [T::Compute],
+    dx: Option<&'a mut [T]>,
+    partials: &'a mut [f64],
+}
+
+impl<T: Element> RowSplit for Rows<'_, T> {
+    fn split_at(self, at: usize) -> (Self, Self) {
+        let elems = at * self.cols;
+        let (x0, x1) = self.x.split_at(elems);
+        let (dy0, dy1) = self.dy.split_at(elems);
+        let (m0, m1) = self.mean.split_at(at);
+        let (s0, s1) = self.rstd.split_at(at);
+        let (dx0, dx1) = split_opt(self.dx, elems);
+        // Splits fall on block boundaries (or at the end, for the short last block).
+        let (p0, p1) = self
+            .partials
+            .split_at_mut(at.div_ceil(self.block_rows) * self.partial_len);
+        let (cols, block_rows, partial_len) = (self.cols, self.block_rows, self.partial_len);
+        let piece = |x, dy, mean, rstd, dx, partials| Rows {
+            cols,
+            block_rows,
+            partial_len,
+            x,
+            dy,
+            mean,
+            rstd,
+            dx,
+            partials,
+        };
+        (piece(x0, dy0, m0, s0, dx0, p0), piece(x1, dy1, m1, s1, dx1, p1))
+    }
+}

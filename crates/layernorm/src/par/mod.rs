@@ -1,0 +1,160 @@
+//! Deterministic partition of rows into blocks, and the parallel walk over them.
+//!
+//! Work is cut into blocks of rows whose boundaries depend only on the problem (`rows`,
+//! `cols`), never on the number of threads. Anything reduced across rows (dγ, dβ) is reduced
+//! per block into its own partial, then the partials are combined in block order — so every
+//! output is bitwise the same with 1 thread or 64, and with [`Parallelism::Sequential`].
+
+use std::ops::Range;
+
+/// How a call may use threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Parallelism {
+    /// Run on the calling thread only.
+    Sequential,
+    /// Split large tensors across the current rayon thread pool (the global pool, or the one a
+    /// caller entered with `ThreadPool::install`). Tensors below a size threshold stay on the
+    /// calling thread, where starting threads would cost more than it saves.
+    #[default]
+    Rayon,
+}
+
+/// Below this many elements a call stays on the calling thread: splitting 2^16 f32 (256 KiB,
+/// a few microseconds of work) across threads costs more in wake-ups than it saves.
+const PAR_MIN_ELEMS: usize = 1 << 16;
+
+/// Elements per leaf task of a parallel walk (rows are never split).
+const LEAF_ELEMS: usize = 1 << 15;
+
+/// At most this many reduction blocks: enough to keep 64 threads busy.
+const MAX_BLOCKS: usize = 64;
+
+/// Bound on the f64 partial buffer of a reduction (2^20 values, 8 MiB).
+const PARTIAL_BUDGET: usize = 1 << 20;
+
+/// A fixed cut of `rows` into consecutive blocks of `block_rows` rows (the last may be short).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocks {
+    pub rows: usize,
+    pub block_rows: usize,
+}
+
+impl Blocks {
+    /// Blocks for a walk with no cross-row reduction: leaves of about [`LEAF_ELEMS`].
+    pub fn for_map(rows: usize, cols: usize) -> Self {
+        let block_rows = (LEAF_ELEMS / cols).clamp(1, rows.max(1));
+        Blocks { rows, block_rows }
+    }
+
+    /// Blocks for a walk that reduces `partials_per_col` values per column and block: at most
+    /// [`MAX_BLOCKS`], and few enough that the partials fit in [`PARTIAL_BUDGET`].
+    pub fn for_reduction(rows: usize, cols: usize, partials_per_col: usize) -> Self {
+        let by_budget = PARTIAL_BUDGET / (cols * partials_per_col.max(1)).max(1);
+        let max_blocks = by_budget.clamp(1, MAX_BLOCKS);
+        let block_rows = rows.div_ceil(max_blocks).max(1);
+        Blocks { rows, block_rows }
+    }
+
+    pub fn count(&self) -> usize {
+        self.rows.div_ceil(self.block_rows)
+    }
+
+    pub fn range(&self, block: usize) -> Range<usize> {
+        let start = block * self.block_rows;
+        start..(start + self.block_rows).min(self.rows)
+    }
+}
+
+/// A piece of work over a contiguous range of rows that can be cut in two at a row.
+pub(crate) trait RowSplit: Send + Sized {
+    /// Splits into rows `[0, at)` and `[at, ..)`, relative to this piece.
+    fn split_at(self, at: usize) -> (Self, Self);
+}
+
+/// Runs `f(piece, block)` once per block of `blocks`, in block order when sequential, and
+/// through `rayon::join` otherwise. Each call gets exactly the rows of its block.
+pub(crate) fn for_each_block<W, F>(par: Parallelism, elems: usize, blocks: Blocks, work: W, f: &F)
+where
+    W: RowSplit,
+    F: Fn(W, usize) + Sync,
+{
+    let count = blocks.count();
+    if par == Parallelism::Sequential || elems < PAR_MIN_ELEMS || count < 2 {
+        let mut rest = work;
+        for b in 0..count {
+            let (head, tail) = rest.split_at(blocks.range(b).len());
+            f(head, b);
+            rest = tail;
+        }
+    } else {
+        split_recursive(blocks, 0..count, work, f);
+    }
+}
+
+fn split_recursive<W, F>(blocks: Blocks, range: Range<usize>, work: W, f: &F)
+where
+    W: RowSplit,
+    F: Fn(W, usize) + Sync,
+{
+    if range.len() == 1 {
+        f(work, range.start);
+        return;
+    }
+    let mid = range.start + range.len() / 2;
+    let first_rows = blocks.range(mid).start - blocks.range(range.start).start;
+    let (left, right) = work.split_at(first_rows);
+    rayon::join(
+        || split_recursive(blocks, range.start..mid, left, f),
+        || split_recursive(blocks, mid..range.end, right, f),
+    );
+}
+
+/// Splits an optional mutable slice of rows.
+pub(crate) fn split_opt<'a, T>(
+    s: Option<&'a mut [T]>,
+    at: usize,
+) -> (Option<&'a mut [T]>, Option<&'a mut [T]>) {
+    match s {
+        Some(s) => {
+            let (a, b) = s.split_at_mut(at);
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rows(Range<usize>);
+    impl RowSplit for Rows {
+        fn split_at(self, at: usize) -> (Self, Self) {
+            let mid = self.0.start + at;
+            (Rows(self.0.start..mid), Rows(mid..self.0.end))
+        }
+    }
+
+    #[test]
+    fn every_block_gets_exactly_its_rows() {
+        for rows in [1, 2, 7, 64, 65, 1000] {
+            for cols in [1, 3, 4096, 1 << 20] {
+                let blocks = Blocks::for_reduction(rows, cols, 2);
+                assert!(blocks.count() <= MAX_BLOCKS);
+                let seen = std::sync::Mutex::new(vec![]);
+                let f = |w: Rows, b: usize| {
+                    assert_eq!(w.0, blocks.range(b));
+                    seen.lock().unwrap().push(b);
+                };
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+                pool.install(|| {
+                    for_each_block(Parallelism::Rayon, usize::MAX, blocks, Rows(0..rows), &f)
+                });
+                let mut seen = seen.into_inner().unwrap();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..blocks.count()).collect::<Vec<_>>());
+            }
+        }
+    }
+}
