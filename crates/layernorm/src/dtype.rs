@@ -91,6 +91,9 @@ pub trait Element: sealed::Sealed + Copy + Send + Sync + Debug + Default + Parti
     type Compute: Float;
     /// Name as in numpy (`"float32"`).
     const NAME: &'static str;
+    /// Unit roundoff of the storage type (2^-24 for f32, 2^-53 for f64): the relative error
+    /// of one rounding, the unit that tolerances are written in.
+    const UNIT_ROUNDOFF: f64;
     /// Widens to the compute type (exact).
     fn widen(self) -> Self::Compute;
     /// Rounds from the compute type (round to nearest even).
@@ -100,6 +103,7 @@ pub trait Element: sealed::Sealed + Copy + Send + Sync + Debug + Default + Parti
 impl Element for f32 {
     type Compute = f32;
     const NAME: &'static str = "float32";
+    const UNIT_ROUNDOFF: f64 = f32::EPSILON as f64 / 2.0;
     #[inline(always)]
     fn widen(self) -> f32 {
         self
@@ -113,6 +117,7 @@ impl Element for f32 {
 impl Element for f64 {
     type Compute = f64;
     const NAME: &'static str = "float64";
+    const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
     #[inline(always)]
     fn widen(self) -> f64 {
         self
