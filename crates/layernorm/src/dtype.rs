@@ -37,9 +37,14 @@ pub trait Float:
     const ZERO: Self;
     /// One.
     const ONE: Self;
+    /// The smallest positive normal number, as f64.
+    const MIN_POSITIVE: f64;
     /// The smallest and largest scale factor (rstd) that still carries full precision and
     /// cannot push `(x − μ)·rstd` out of range; rows outside it are computed in f64.
     const SCALE_RANGE: (f64, f64);
+    /// The smallest nonzero |mean| whose hi + lo split in this type is exact to full precision
+    /// (below it the low part would be subnormal); rows with a smaller mean are computed in f64.
+    const MIN_SPLIT_MEAN: f64;
     /// Rounds an f64 to this type (round to nearest).
     fn from_f64(v: f64) -> Self;
     /// Widens to f64 (exact).
@@ -55,8 +60,11 @@ impl Float for f32 {
     const NAME: &'static str = "float32";
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const MIN_POSITIVE: f64 = f32::MIN_POSITIVE as f64;
     // 2^±100: |x − μ| ≤ σ·√n < 2^100·2^32 stays below f32::MAX, and rstd stays normal.
     const SCALE_RANGE: (f64, f64) = (7.888_609_052_210_118e-31, 1.267_650_600_228_229_4e30);
+    // 2^-100: the low part, ≈ 2^-24·|μ|, stays normal.
+    const MIN_SPLIT_MEAN: f64 = 7.888_609_052_210_118e-31;
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v as f32
@@ -71,8 +79,11 @@ impl Float for f64 {
     const NAME: &'static str = "float64";
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const MIN_POSITIVE: f64 = f64::MIN_POSITIVE;
     // 2^±900.
     const SCALE_RANGE: (f64, f64) = (1.183_052_186_166_774_7e-271, 8.452_712_498_170_644e270);
+    // f64 needs no split (lo is 0).
+    const MIN_SPLIT_MEAN: f64 = 0.0;
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v

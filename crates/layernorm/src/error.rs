@@ -92,11 +92,13 @@ pub enum Error {
         /// The normalized shape it should end with.
         normalized_shape: Vec<usize>,
     },
-    /// ε must be finite and strictly positive.
-    #[error("epsilon must be finite and > 0, got {eps}")]
+    /// ε must be finite and at least the smallest normal number of the compute type.
+    #[error("epsilon must be finite and at least {min:e}, got {eps:e}")]
     InvalidEpsilon {
         /// The rejected value.
         eps: f64,
+        /// The smallest accepted value (`f32::MIN_POSITIVE` for f32 tensors).
+        min: f64,
     },
     /// The normalized shape has no dimensions.
     #[error("the normalized shape is empty: nothing to normalize over")]

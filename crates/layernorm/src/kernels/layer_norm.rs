@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Rows whose rstd lies outside K's safe range (a spread beyond 2^100 in f32, or ε and σ
-//! below 2^-200) take the same algorithm in f64; f64 rows whose squares overflow are scaled by
+//! below 2^-200), or whose mean is so small that its low part would be subnormal in K, take
+//! the same algorithm in f64; f64 rows whose squares overflow are scaled by
 //! an exact power of two. So finite inputs give finite outputs, and NaN/Inf stay in their row.
 
 use super::reduce::lane_sums;
@@ -131,11 +132,12 @@ impl Center<f64> for ScaledMean {
     }
 }
 
-/// Whether `rstd` lets the row be computed in K (see `Float::SCALE_RANGE`).
+/// Whether a row with these statistics can be computed in K (see `Float::SCALE_RANGE` and
+/// `Float::MIN_SPLIT_MEAN`); otherwise it takes the f64 path.
 #[inline(always)]
-fn in_safe_range<K: Float>(rstd: f64) -> bool {
+fn in_safe_range<K: Float>(mean: f64, rstd: f64) -> bool {
     let (lo, hi) = K::SCALE_RANGE;
-    (lo..=hi).contains(&rstd)
+    (lo..=hi).contains(&rstd) && (mean == 0.0 || mean.abs() >= K::MIN_SPLIT_MEAN)
 }
 
 #[inline(always)]
@@ -157,7 +159,7 @@ pub(crate) fn forward_row<T: Element>(
     y: &mut [T],
 ) -> RowStats {
     let stats = row_stats(x, eps);
-    if in_safe_range::<T::Compute>(stats.rstd) {
+    if in_safe_range::<T::Compute>(stats.mean, stats.rstd) {
         let center = SplitMean::<T::Compute>::new(stats.mean, stats.rstd);
         normalize(x, weight, bias, y, &center);
     } else {
@@ -222,7 +224,7 @@ pub(crate) fn backward_row<T: Element>(
     let mean = (pivot + delta) / scale;
     let mean_g = sum_g / n;
     let mean_gx = (sum_gd - delta * sum_g) * (rstd / scale) / n;
-    if in_safe_range::<T::Compute>(rstd) {
+    if in_safe_range::<T::Compute>(mean, rstd) {
         let center = SplitMean::<T::Compute>::new(mean, rstd);
         backward_apply(x, dy, weight, &center, [rstd, mean_g, mean_gx], out);
     } else {

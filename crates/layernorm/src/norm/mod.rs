@@ -5,14 +5,20 @@ mod params;
 
 pub use params::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};
 
+use crate::dtype::Float;
 use crate::error::{Error, Operand, Result};
 
-/// ε must be finite and strictly positive.
-pub(crate) fn check_eps(eps: f64) -> Result<()> {
-    if eps.is_finite() && eps > 0.0 {
+/// ε must be finite and at least the smallest normal number of the compute type `K`: below
+/// it (1e-300 on an f32 tensor, say) ε is not representable there, and a saved rstd of a
+/// constant row would overflow to infinity.
+pub(crate) fn check_eps<K: Float>(eps: f64) -> Result<()> {
+    if eps.is_finite() && eps >= K::MIN_POSITIVE {
         Ok(())
     } else {
-        Err(Error::InvalidEpsilon { eps })
+        Err(Error::InvalidEpsilon {
+            eps,
+            min: K::MIN_POSITIVE,
+        })
     }
 }
 

@@ -24,7 +24,8 @@ use crate::par::{for_each_block, split_opt, Blocks, Parallelism, RowSplit};
 /// # Errors
 /// [`Error::ZeroSizeDim`] for an empty `x` or `normalized_len == 0`, [`Error::RaggedInput`]
 /// if `x.len()` is not a multiple of `normalized_len`, [`Error::LengthMismatch`] for γ or β
-/// not of length `normalized_len`, [`Error::InvalidEpsilon`] unless ε is finite and > 0.
+/// not of length `normalized_len`, [`Error::InvalidEpsilon`] unless ε is finite and at least the
+/// smallest normal number of the compute type (`f32::MIN_POSITIVE` for f32).
 ///
 /// [`Error::ZeroSizeDim`]: crate::Error::ZeroSizeDim
 /// [`Error::RaggedInput`]: crate::Error::RaggedInput
@@ -64,7 +65,7 @@ pub fn forward_into<T: Element>(
     par: Parallelism,
 ) -> Result<()> {
     let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    check_eps(eps)?;
+    check_eps::<T::Compute>(eps)?;
     affine.check(shape.cols)?;
     check_len(Operand::Output, x.len(), y.len())?;
     if let Some(s) = &stats {

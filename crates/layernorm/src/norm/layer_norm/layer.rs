@@ -69,7 +69,8 @@ impl LayerNormConfig {
     ///
     /// # Errors
     /// [`Error::EmptyNormalizedShape`], [`Error::ZeroSizeDim`], [`Error::SizeOverflow`] for a
-    /// bad shape; [`Error::InvalidEpsilon`] unless ε is finite and > 0.
+    /// bad shape; [`Error::InvalidEpsilon`] unless ε is finite and at least the smallest
+    /// normal number of the compute type (`f32::MIN_POSITIVE` for f32).
     pub fn build<T: Element>(self) -> Result<LayerNorm<T>> {
         let shape = &self.normalized_shape;
         // The normalized shape on its own is a valid single-row input shape.
@@ -81,7 +82,7 @@ impl LayerNormConfig {
             },
             other => other,
         })?;
-        check_eps(self.eps)?;
+        check_eps::<T::Compute>(self.eps)?;
         let ones = || vec![T::narrow(T::Compute::ONE); cols.cols];
         let zeros = || vec![T::default(); cols.cols];
         Ok(LayerNorm {
