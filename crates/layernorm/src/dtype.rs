@@ -97,7 +97,9 @@ impl Float for f64 {
 /// A tensor element type. Sealed: implemented for `f32` and `f64`.
 ///
 /// Per-type code is only the widening load and the narrowing store; everything else is shared.
-pub trait Element: sealed::Sealed + Copy + Send + Sync + Debug + Default + PartialEq + 'static {
+pub trait Element:
+    sealed::Sealed + Copy + Send + Sync + Debug + Default + PartialEq + 'static
+{
     /// The type arithmetic is done in, and the type of the saved statistics.
     type Compute: Float;
     /// Name as in numpy (`"float32"`).

@@ -85,7 +85,9 @@ pub enum Error {
         actual: Vec<usize>,
     },
     /// The input's trailing dimensions are not the normalized shape.
-    #[error("input of shape {shape:?} does not end with the normalized shape {normalized_shape:?}")]
+    #[error(
+        "input of shape {shape:?} does not end with the normalized shape {normalized_shape:?}"
+    )]
     NormalizedShapeMismatch {
         /// The input's shape.
         shape: Vec<usize>,

@@ -141,9 +141,18 @@ mod tests {
     #[test]
     fn axis_semantics_follow_onnx() {
         let s = [2, 3, 4];
-        assert_eq!(RowsCols::split_at_axis(&s, -1).unwrap(), RowsCols { rows: 6, cols: 4 });
-        assert_eq!(RowsCols::split_at_axis(&s, 1).unwrap(), RowsCols { rows: 2, cols: 12 });
-        assert_eq!(RowsCols::split_at_axis(&s, -3).unwrap(), RowsCols { rows: 1, cols: 24 });
+        assert_eq!(
+            RowsCols::split_at_axis(&s, -1).unwrap(),
+            RowsCols { rows: 6, cols: 4 }
+        );
+        assert_eq!(
+            RowsCols::split_at_axis(&s, 1).unwrap(),
+            RowsCols { rows: 2, cols: 12 }
+        );
+        assert_eq!(
+            RowsCols::split_at_axis(&s, -3).unwrap(),
+            RowsCols { rows: 1, cols: 24 }
+        );
         assert_eq!(
             RowsCols::split_at_axis(&s, 3),
             Err(Error::AxisOutOfRange { axis: 3, rank: 3 })
@@ -158,7 +167,10 @@ mod tests {
         );
         assert_eq!(
             RowsCols::split_at_axis(&s, isize::MIN),
-            Err(Error::AxisOutOfRange { axis: isize::MIN, rank: 3 })
+            Err(Error::AxisOutOfRange {
+                axis: isize::MIN,
+                rank: 3
+            })
         );
     }
 
@@ -188,7 +200,13 @@ mod tests {
             RowsCols::with_normalized_shape(&[5, 2, 3], &[2, 3]).unwrap(),
             RowsCols { rows: 5, cols: 6 }
         );
-        assert_eq!(RowsCols::from_len(12, 5), Err(Error::RaggedInput { len: 12, normalized_len: 5 }));
+        assert_eq!(
+            RowsCols::from_len(12, 5),
+            Err(Error::RaggedInput {
+                len: 12,
+                normalized_len: 5
+            })
+        );
     }
 
     #[test]

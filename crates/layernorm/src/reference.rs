@@ -65,9 +65,12 @@ pub fn layer_norm_backward(
     let mut dx = Vec::with_capacity(x.len());
     let mut dweight = vec![Vec::new(); cols];
     let mut dbias = vec![Vec::new(); cols];
-    for ((row, drow), &(mean, rstd)) in x.chunks_exact(cols).zip(dy.chunks_exact(cols)).zip(&stats) {
+    for ((row, drow), &(mean, rstd)) in x.chunks_exact(cols).zip(dy.chunks_exact(cols)).zip(&stats)
+    {
         let xhat: Vec<f64> = row.iter().map(|&v| (v - mean) * rstd).collect();
-        let g: Vec<f64> = (0..cols).map(|j| drow[j] * weight.map_or(1.0, |w| w[j])).collect();
+        let g: Vec<f64> = (0..cols)
+            .map(|j| drow[j] * weight.map_or(1.0, |w| w[j]))
+            .collect();
         let mean_g = compensated_sum(g.iter().copied()) / n;
         let mean_gx = compensated_sum(g.iter().zip(&xhat).map(|(g, h)| g * h)) / n;
         for j in 0..cols {

@@ -16,7 +16,8 @@ fn errors_at_offset(c: f64, rows: usize, cols: usize) -> (f64, f64, f64) {
     let w: Vec<f32> = rng.normals(cols, 1.0, 0.5);
     let b: Vec<f32> = rng.normals(cols, 0.0, 0.5);
     let (y, stats) = layer_norm::forward(&x, cols, Affine::scale_shift(&w, &b), 1e-5, PAR).unwrap();
-    let g = layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), GradMask::ALL, PAR).unwrap();
+    let g =
+        layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), GradMask::ALL, PAR).unwrap();
     let (xf, wf, bf) = (widen_all(&x), widen_all(&w), widen_all(&b));
     let (y_ref, _, _) = layer_norm_forward(&xf, cols, Some(&wf), Some(&bf), 1e-5);
     let (dx_ref, dw_ref, _) = layer_norm_backward(&widen_all(&dy), &xf, cols, Some(&wf), 1e-5);
@@ -36,24 +37,37 @@ fn large_mean_f32_stays_within_1e6_normwise() {
             let (ey, edx, edw) = errors_at_offset(c, 16, cols);
             assert!(ey <= 1e-6, "y error {ey:e} at c = {c:e}, cols = {cols}");
             assert!(edx <= 1e-6, "dx error {edx:e} at c = {c:e}, cols = {cols}");
-            assert!(edw <= 1e-6, "dweight error {edw:e} at c = {c:e}, cols = {cols}");
+            assert!(
+                edw <= 1e-6,
+                "dweight error {edw:e} at c = {c:e}, cols = {cols}"
+            );
         }
     }
 }
 
 #[test]
 fn constant_rows_give_exactly_beta_and_finite_gradients() {
-    for value in [123456.7f32, 0.0, -3.5e-30, 1e30, f32::MAX, f32::MIN_POSITIVE * 0.5] {
+    for value in [
+        123456.7f32,
+        0.0,
+        -3.5e-30,
+        1e30,
+        f32::MAX,
+        f32::MIN_POSITIVE * 0.5,
+    ] {
         for cols in [1, 2, 17, 4097] {
             let x = vec![value; 2 * cols];
             let b: Vec<f32> = (0..cols).map(|j| j as f32 * 0.25 - 1.0).collect();
             let w = vec![3.0f32; cols];
-            let (y, stats) = layer_norm::forward(&x, cols, Affine::scale_shift(&w, &b), 1e-5, PAR).unwrap();
+            let (y, stats) =
+                layer_norm::forward(&x, cols, Affine::scale_shift(&w, &b), 1e-5, PAR).unwrap();
             assert_eq!(&y[..cols], &b[..], "value {value:e}, cols {cols}");
             assert_eq!(&y[cols..], &b[..]);
             assert_eq!(stats.mean[0], value);
             let dy = vec![1.0f32; 2 * cols];
-            let g = layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), GradMask::ALL, PAR).unwrap();
+            let g =
+                layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), GradMask::ALL, PAR)
+                    .unwrap();
             assert!(g.dx.unwrap().iter().all(|v| v.is_finite()));
             assert!(g.dweight.unwrap().iter().all(|v| *v == 0.0));
         }
@@ -67,31 +81,64 @@ fn huge_and_tiny_magnitudes_stay_finite_and_accurate() {
     // signs (x − μ overflows f32), rows of subnormals, and a tiny ε with tiny values.
     let cols = 37;
     let mut rows: Vec<Vec<f32>> = vec![];
-    rows.push((0..cols).map(|j| 10f32.powi(j as i32 * 60 / (cols as i32 - 1) - 30) * if j % 2 == 0 { 1.0 } else { -1.0 }).collect());
-    rows.push((0..cols).map(|j| if j % 3 == 0 { f32::MAX } else { -f32::MAX * 0.9 }).collect());
+    rows.push(
+        (0..cols)
+            .map(|j| {
+                10f32.powi(j as i32 * 60 / (cols as i32 - 1) - 30)
+                    * if j % 2 == 0 { 1.0 } else { -1.0 }
+            })
+            .collect(),
+    );
+    rows.push(
+        (0..cols)
+            .map(|j| {
+                if j % 3 == 0 {
+                    f32::MAX
+                } else {
+                    -f32::MAX * 0.9
+                }
+            })
+            .collect(),
+    );
     rows.push((0..cols).map(|_| (rng.normal() * 1e-42) as f32).collect());
     rows.push((0..cols).map(|_| (rng.normal() * 1e30) as f32).collect());
     for eps in [1e-5, 1e-37] {
         for row in &rows {
             let (y, stats) = layer_norm::forward(row, cols, Affine::none(), eps, PAR).unwrap();
             let dy: Vec<f32> = rng.normals(cols, 0.0, 1.0);
-            let g = layer_norm::backward(&dy, row, cols, stats.as_ref(), None, GradMask::ALL, PAR).unwrap();
+            let g = layer_norm::backward(&dy, row, cols, stats.as_ref(), None, GradMask::ALL, PAR)
+                .unwrap();
             let xf = widen_all(row);
             let (y_ref, _, _) = layer_norm_forward(&xf, cols, None, None, eps);
             let (dx_ref, _, _) = layer_norm_backward(&widen_all(&dy), &xf, cols, None, eps);
-            assert!(y.iter().all(|v| v.is_finite()), "y not finite for {row:?}, eps {eps:e}");
+            assert!(
+                y.iter().all(|v| v.is_finite()),
+                "y not finite for {row:?}, eps {eps:e}"
+            );
             let dx = g.dx.unwrap();
-            assert!(dx.iter().all(|v| v.is_finite()), "dx not finite for {row:?}");
+            assert!(
+                dx.iter().all(|v| v.is_finite()),
+                "dx not finite for {row:?}"
+            );
             // Elementwise: ≤ 5 roundings of u each (see reference_agreement.rs), plus two
             // subnormal spacings where y itself is subnormal (the row of 1e-42 values).
             let subnormal = f64::from(f32::from_bits(1));
             let what = format!("y, eps {eps:e}, row {row:?}");
-            assert_close(&what, &widen_all(&y), &y_ref, 2.0 * subnormal, 6.0 * f64::from(f32::EPSILON) / 2.0);
+            assert_close(
+                &what,
+                &widen_all(&y),
+                &y_ref,
+                2.0 * subnormal,
+                6.0 * f64::from(f32::EPSILON) / 2.0,
+            );
             // Backward reads the saved f32 rstd, which is subnormal for the f32::MAX row
             // (rstd ≈ 6e-39): it then carries only 2^-149/rstd relative precision.
             let rstd = f64::from(stats.rstd[0]);
             let edx = normwise_error(&widen_all(&dx), &dx_ref);
-            assert!(edx <= 1e-6 + subnormal / rstd, "dx error {edx:e} for eps {eps:e}, row {row:?}");
+            assert!(
+                edx <= 1e-6 + subnormal / rstd,
+                "dx error {edx:e} for eps {eps:e}, row {row:?}"
+            );
         }
     }
 }
@@ -99,7 +146,9 @@ fn huge_and_tiny_magnitudes_stay_finite_and_accurate() {
 #[test]
 fn f64_rows_near_overflow_stay_finite() {
     let cols = 9;
-    let x: Vec<f64> = (0..cols).map(|j| if j % 2 == 0 { 1e308 } else { -1.5e308 }).collect();
+    let x: Vec<f64> = (0..cols)
+        .map(|j| if j % 2 == 0 { 1e308 } else { -1.5e308 })
+        .collect();
     let (y, stats) = layer_norm::forward(&x, cols, Affine::none(), 1e-5, PAR).unwrap();
     assert!(stats.mean[0].is_finite() && stats.rstd[0] > 0.0);
     // The reference, on the same values scaled down by 2^-600 (exact), gives the same x̂.
@@ -107,7 +156,8 @@ fn f64_rows_near_overflow_stay_finite() {
     let (y_ref, _, _) = layer_norm_forward(&scaled, cols, None, None, 1e-300);
     assert_close("huge f64 row", &y, &y_ref, 1e-14, 1e-14);
     let dy = vec![1.0; cols];
-    let g = layer_norm::backward(&dy, &x, cols, stats.as_ref(), None, GradMask::INPUT, PAR).unwrap();
+    let g =
+        layer_norm::backward(&dy, &x, cols, stats.as_ref(), None, GradMask::INPUT, PAR).unwrap();
     assert!(g.dx.unwrap().iter().all(|v| v.is_finite()));
 }
 
@@ -127,15 +177,23 @@ fn nan_and_inf_stay_in_their_row() {
         for r in 0..5 {
             let row = &y[r * cols..(r + 1) * cols];
             if r == 2 {
-                assert!(row.iter().all(|v| v.is_nan()), "bad row must be NaN for {bad}");
+                assert!(
+                    row.iter().all(|v| v.is_nan()),
+                    "bad row must be NaN for {bad}"
+                );
             } else {
                 let k = if r < 2 { r } else { r - 1 };
-                assert_eq!(row, &clean[k * cols..(k + 1) * cols], "row {r} touched by {bad}");
+                assert_eq!(
+                    row,
+                    &clean[k * cols..(k + 1) * cols],
+                    "row {r} touched by {bad}"
+                );
                 assert!(stats.mean[r].is_finite());
             }
         }
         let dy: Vec<f32> = rng.normals(5 * cols, 0.0, 1.0);
-        let g = layer_norm::backward(&dy, &x, cols, stats.as_ref(), None, GradMask::ALL, PAR).unwrap();
+        let g =
+            layer_norm::backward(&dy, &x, cols, stats.as_ref(), None, GradMask::ALL, PAR).unwrap();
         let dx = g.dx.unwrap();
         for r in [0, 1, 3, 4] {
             assert!(dx[r * cols..(r + 1) * cols].iter().all(|v| v.is_finite()));
@@ -151,7 +209,16 @@ fn one_column_rows_are_beta_with_zero_dx() {
     let w = [2.0f32];
     let (y, stats) = layer_norm::forward(&x, 1, Affine::scale_shift(&w, &b), 1e-5, PAR).unwrap();
     assert_eq!(y, vec![0.75; 3]);
-    let g = layer_norm::backward(&[1.0, 2.0, 3.0], &x, 1, stats.as_ref(), Some(&w), GradMask::ALL, PAR).unwrap();
+    let g = layer_norm::backward(
+        &[1.0, 2.0, 3.0],
+        &x,
+        1,
+        stats.as_ref(),
+        Some(&w),
+        GradMask::ALL,
+        PAR,
+    )
+    .unwrap();
     assert_eq!(g.dx.unwrap(), vec![0.0; 3]);
     assert_eq!(g.dweight.unwrap(), vec![0.0]);
     assert_eq!(g.dbias.unwrap(), vec![6.0]);
@@ -168,8 +235,10 @@ fn backward_recovers_from_a_rounded_saved_mean() {
     let (_, stats) = layer_norm::forward(&x, cols, Affine::none(), 1e-5, PAR).unwrap();
     let mut shifted = stats.clone();
     shifted.mean[0] += 1.0; // a pivot one whole unit away
-    let a = layer_norm::backward(&dy, &x, cols, stats.as_ref(), None, GradMask::INPUT, PAR).unwrap();
-    let b = layer_norm::backward(&dy, &x, cols, shifted.as_ref(), None, GradMask::INPUT, PAR).unwrap();
+    let a =
+        layer_norm::backward(&dy, &x, cols, stats.as_ref(), None, GradMask::INPUT, PAR).unwrap();
+    let b =
+        layer_norm::backward(&dy, &x, cols, shifted.as_ref(), None, GradMask::INPUT, PAR).unwrap();
     let (dx_ref, _, _) = layer_norm_backward(&widen_all(&dy), &widen_all(&x), cols, None, 1e-5);
     assert!(normwise_error(&widen_all(a.dx.as_ref().unwrap()), &dx_ref) <= 1e-6);
     assert!(normwise_error(&widen_all(b.dx.as_ref().unwrap()), &dx_ref) <= 1e-6);

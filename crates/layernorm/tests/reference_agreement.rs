@@ -25,8 +25,18 @@ struct Case {
 }
 
 fn check_case<T: Element>(case: &Case) {
-    let Case { rows, cols, kind, offset, misalign, seed } = *case;
-    let what = format!("{} rows={rows} cols={cols} {kind:?} offset={offset} misalign={misalign}", T::NAME);
+    let Case {
+        rows,
+        cols,
+        kind,
+        offset,
+        misalign,
+        seed,
+    } = *case;
+    let what = format!(
+        "{} rows={rows} cols={cols} {kind:?} offset={offset} misalign={misalign}",
+        T::NAME
+    );
     let u = T::UNIT_ROUNDOFF;
     let eps = 1e-5;
     let mut rng = Rand::new(seed);
@@ -47,11 +57,13 @@ fn check_case<T: Element>(case: &Case) {
 
     let par = Parallelism::Rayon;
     let (y, stats) = layer_norm::forward(x, cols, Affine { weight, bias }, eps, par).unwrap();
-    let grads = layer_norm::backward(dy, x, cols, stats.as_ref(), weight, GradMask::ALL, par).unwrap();
+    let grads =
+        layer_norm::backward(dy, x, cols, stats.as_ref(), weight, GradMask::ALL, par).unwrap();
 
     let (xf, dyf) = (widen_all(x), widen_all(dy));
     let (wf, bf) = (weight.map(widen_all), bias.map(widen_all));
-    let (y_ref, mean_ref, rstd_ref) = layer_norm_forward(&xf, cols, wf.as_deref(), bf.as_deref(), eps);
+    let (y_ref, mean_ref, rstd_ref) =
+        layer_norm_forward(&xf, cols, wf.as_deref(), bf.as_deref(), eps);
     let (dx_ref, dw_ref, db_ref) = layer_norm_backward(&dyf, &xf, cols, wf.as_deref(), eps);
     let stats_ref = layer_norm_stats(&xf, cols, eps);
 
@@ -78,31 +90,53 @@ fn check_case<T: Element>(case: &Case) {
     // rstd: the f64 variance sum carries up to (cols/LANES + 3)·u64 relative error (8 lanes
     // then a pairwise tree), then rounding to the stats type (u) and sqrt/division (u).
     let sum_depth = cols.div_ceil(8) as f64 + 3.0;
-    let rstd_bound: Vec<f64> = rstd_ref.iter().map(|r| (2.0 * u + sum_depth * U64) * r).collect();
+    let rstd_bound: Vec<f64> = rstd_ref
+        .iter()
+        .map(|r| (2.0 * u + sum_depth * U64) * r)
+        .collect();
     let mean_bound: Vec<f64> = (0..rows)
         .map(|r| 2.0 * u * mean_ref[r].abs() + 8.0 * U64 / rstd_ref[r])
         .collect();
-    assert_within(&format!("mean {what}"), &widen_stats(&stats.mean), &mean_ref, &mean_bound);
-    assert_within(&format!("rstd {what}"), &widen_stats(&stats.rstd), &rstd_ref, &rstd_bound);
+    assert_within(
+        &format!("mean {what}"),
+        &widen_stats(&stats.mean),
+        &mean_ref,
+        &mean_bound,
+    );
+    assert_within(
+        &format!("rstd {what}"),
+        &widen_stats(&stats.rstd),
+        &rstd_ref,
+        &rstd_bound,
+    );
 
     // dx = rstd·(g − mean_g − x̂·mean_gx): ≤ 8 roundings on terms of these sizes.
     let mut dx_bound = vec![0.0; len];
-    for r in 0..rows {
+    for (r, &(_, rstd)) in stats_ref.iter().enumerate() {
         let span = r * cols..(r + 1) * cols;
         let g: Vec<f64> = span.clone().map(|i| dyf[i] * gamma(i % cols)).collect();
         let mean_g = g.iter().sum::<f64>() / cols as f64;
         let mean_gx = span.clone().zip(&g).map(|(i, g)| g * xhat(i)).sum::<f64>() / cols as f64;
         // The f64 row sums behind mean_g and mean_gx carry sum_depth·u64 of their terms.
         let abs_g = g.iter().map(|g| g.abs()).sum::<f64>() / cols as f64;
-        let abs_gx = span.clone().zip(&g).map(|(i, g)| (g * xhat(i)).abs()).sum::<f64>() / cols as f64;
-        let rstd = stats_ref[r].1;
+        let abs_gx = span
+            .clone()
+            .zip(&g)
+            .map(|(i, g)| (g * xhat(i)).abs())
+            .sum::<f64>()
+            / cols as f64;
         for (k, i) in span.enumerate() {
             let terms = g[k].abs() + mean_g.abs() + (xhat(i) * mean_gx).abs();
             let sums = sum_depth * U64 * (abs_g + xhat(i).abs() * abs_gx);
             dx_bound[i] = rstd * (8.0 * u * terms + sums + mean_effect(i) * mean_gx.abs());
         }
     }
-    assert_within(&format!("dx {what}"), &widen_all(grads.dx.as_ref().unwrap()), &dx_ref, &dx_bound);
+    assert_within(
+        &format!("dx {what}"),
+        &widen_all(grads.dx.as_ref().unwrap()),
+        &dx_ref,
+        &dx_bound,
+    );
 
     // dγ, dβ: f64 sums of products with x̂ good to ~5u (plus the f64 mean's own rounding),
     // rounded once at the end.
@@ -119,8 +153,18 @@ fn check_case<T: Element>(case: &Case) {
     let db_bound: Vec<f64> = (0..cols)
         .map(|j| 2.0 * u * (0..rows).map(|r| dyf[r * cols + j].abs()).sum::<f64>())
         .collect();
-    assert_within(&format!("dweight {what}"), &widen_all(grads.dweight.as_ref().unwrap()), &dw_ref, &dw_bound);
-    assert_within(&format!("dbias {what}"), &widen_all(grads.dbias.as_ref().unwrap()), &db_ref, &db_bound);
+    assert_within(
+        &format!("dweight {what}"),
+        &widen_all(grads.dweight.as_ref().unwrap()),
+        &dw_ref,
+        &dw_bound,
+    );
+    assert_within(
+        &format!("dbias {what}"),
+        &widen_all(grads.dbias.as_ref().unwrap()),
+        &db_ref,
+        &db_bound,
+    );
 }
 
 fn suite<T: Element>() {
@@ -130,7 +174,14 @@ fn suite<T: Element>() {
             for misalign in [0, 1] {
                 seed = seed.wrapping_add(1);
                 let offset = if seed % 3 == 0 { 10.0 } else { 0.0 };
-                check_case::<T>(&Case { rows: 3, cols, kind, offset, misalign, seed });
+                check_case::<T>(&Case {
+                    rows: 3,
+                    cols,
+                    kind,
+                    offset,
+                    misalign,
+                    seed,
+                });
             }
         }
     }
@@ -150,7 +201,14 @@ fn f64_matches_reference_on_every_length_and_affine() {
 fn many_rows_in_parallel_match_reference() {
     // Enough rows to split into many blocks across threads.
     for (rows, cols) in [(1600, 128), (300, 1023), (64, 4097)] {
-        check_case::<f32>(&Case { rows, cols, kind: AffineKind::ScaleShift, offset: 3.0, misalign: 1, seed: 7 });
+        check_case::<f32>(&Case {
+            rows,
+            cols,
+            kind: AffineKind::ScaleShift,
+            offset: 3.0,
+            misalign: 1,
+            seed: 7,
+        });
     }
 }
 
@@ -164,13 +222,34 @@ fn forward_into_equals_forward_bitwise() {
     let affine = Affine::scale_shift(&w, &b);
     let (y, stats) = layer_norm::forward(&x, cols, affine, 1e-5, Parallelism::Rayon).unwrap();
     let mut y2 = vec![0.0; x.len()];
-    let mut stats2 = layernorm::Stats { mean: vec![0.0; rows], rstd: vec![0.0; rows] };
-    layer_norm::forward_into(&x, cols, affine, 1e-5, &mut y2, Some(stats2.as_mut()), Parallelism::Rayon).unwrap();
+    let mut stats2 = layernorm::Stats {
+        mean: vec![0.0; rows],
+        rstd: vec![0.0; rows],
+    };
+    layer_norm::forward_into(
+        &x,
+        cols,
+        affine,
+        1e-5,
+        &mut y2,
+        Some(stats2.as_mut()),
+        Parallelism::Rayon,
+    )
+    .unwrap();
     assert_eq!(y, y2);
     assert_eq!(stats, stats2);
     // Without statistics, y is the same too.
     let mut y3 = vec![0.0; x.len()];
-    layer_norm::forward_into(&x, cols, affine, 1e-5, &mut y3, None, Parallelism::Sequential).unwrap();
+    layer_norm::forward_into(
+        &x,
+        cols,
+        affine,
+        1e-5,
+        &mut y3,
+        None,
+        Parallelism::Sequential,
+    )
+    .unwrap();
     assert_eq!(y, y3);
 }
 
@@ -183,14 +262,28 @@ fn backward_mask_skips_and_keeps_bits() {
     let w: Vec<f64> = rng.normals(cols, 1.0, 0.5);
     let par = Parallelism::Rayon;
     let (_, stats) = layer_norm::forward(&x, cols, Affine::scale(&w), 1e-5, par).unwrap();
-    let all = layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), GradMask::ALL, par).unwrap();
+    let all =
+        layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), GradMask::ALL, par).unwrap();
     for mask in [
         GradMask::INPUT,
-        GradMask { input: false, weight: true, bias: false },
-        GradMask { input: false, weight: false, bias: true },
-        GradMask { input: true, weight: false, bias: true },
+        GradMask {
+            input: false,
+            weight: true,
+            bias: false,
+        },
+        GradMask {
+            input: false,
+            weight: false,
+            bias: true,
+        },
+        GradMask {
+            input: true,
+            weight: false,
+            bias: true,
+        },
     ] {
-        let some = layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), mask, par).unwrap();
+        let some =
+            layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), mask, par).unwrap();
         assert_eq!(some.dx.is_some(), mask.input);
         assert_eq!(some.dweight.is_some(), mask.weight);
         assert_eq!(some.dbias.is_some(), mask.bias);

@@ -27,17 +27,33 @@ fn dims(s: &str) -> Vec<usize> {
     s.split('x').map(|d| d.parse().unwrap()).collect()
 }
 
-fn run_case<T: Element + npyz::Deserialize>(case: &str, shape: &[usize], nshape: &[usize], eps: f64) {
+fn run_case<T: Element + npyz::Deserialize>(
+    case: &str,
+    shape: &[usize],
+    nshape: &[usize],
+    eps: f64,
+) {
     let cols: usize = nshape.iter().product();
     let rows = shape.iter().product::<usize>() / cols;
     let x: Vec<T> = load(case, "x").unwrap();
     let dy: Vec<T> = load(case, "dy").unwrap();
     let w: Option<Vec<T>> = load(case, "weight");
     let b: Option<Vec<T>> = load(case, "bias");
-    let affine = Affine { weight: w.as_deref(), bias: b.as_deref() };
+    let affine = Affine {
+        weight: w.as_deref(),
+        bias: b.as_deref(),
+    };
     let (y, stats) = layer_norm::forward(&x, cols, affine, eps, Parallelism::Rayon).unwrap();
-    let grads = layer_norm::backward(&dy, &x, cols, stats.as_ref(), w.as_deref(), GradMask::ALL, Parallelism::Rayon)
-        .unwrap();
+    let grads = layer_norm::backward(
+        &dy,
+        &x,
+        cols,
+        stats.as_ref(),
+        w.as_deref(),
+        GradMask::ALL,
+        Parallelism::Rayon,
+    )
+    .unwrap();
 
     let want = |name: &str| widen_all(&load::<T>(case, name).unwrap());
     let (mean_t, rstd_t) = (want("mean"), want("rstd"));
@@ -57,9 +73,19 @@ fn run_case<T: Element + npyz::Deserialize>(case: &str, shape: &[usize], nshape:
         .collect();
     assert_within(&format!("{case} y"), &widen_all(&y), &want("y"), &y_bound);
     let mean_bound: Vec<f64> = (0..rows).map(|r| torch_err[r] / rstd_t[r]).collect();
-    assert_within(&format!("{case} mean"), &widen_stats(&stats.mean), &mean_t, &mean_bound);
+    assert_within(
+        &format!("{case} mean"),
+        &widen_stats(&stats.mean),
+        &mean_t,
+        &mean_bound,
+    );
     let rstd_bound: Vec<f64> = (0..rows).map(|r| torch_err[r] * rstd_t[r]).collect();
-    assert_within(&format!("{case} rstd"), &widen_stats(&stats.rstd), &rstd_t, &rstd_bound);
+    assert_within(
+        &format!("{case} rstd"),
+        &widen_stats(&stats.rstd),
+        &rstd_t,
+        &rstd_bound,
+    );
 
     let dyf = widen_all(&dy);
     let dy_scale = max_abs(&dyf);
@@ -69,16 +95,33 @@ fn run_case<T: Element + npyz::Deserialize>(case: &str, shape: &[usize], nshape:
             torch_err[r] * rstd_t[r] * dy_scale * gamma(i % cols) * 3.0 * xhat_max
         })
         .collect();
-    assert_within(&format!("{case} dx"), &widen_all(grads.dx.as_ref().unwrap()), &want("dx"), &dx_bound);
+    assert_within(
+        &format!("{case} dx"),
+        &widen_all(grads.dx.as_ref().unwrap()),
+        &want("dx"),
+        &dx_bound,
+    );
     let sum_err: f64 = torch_err.iter().sum::<f64>() * dy_scale * xhat_max;
     if let Some(dw_t) = load::<T>(case, "dweight") {
         let got = widen_all(grads.dweight.as_ref().unwrap());
-        assert_close(&format!("{case} dweight"), &got, &widen_all(&dw_t), sum_err, 0.0);
+        assert_close(
+            &format!("{case} dweight"),
+            &got,
+            &widen_all(&dw_t),
+            sum_err,
+            0.0,
+        );
     }
     if let Some(db_t) = load::<T>(case, "dbias") {
         let got = widen_all(grads.dbias.as_ref().unwrap());
         let bound = 2.0 * rows as f64 * T::UNIT_ROUNDOFF * dy_scale;
-        assert_close(&format!("{case} dbias"), &got, &widen_all(&db_t), bound, 0.0);
+        assert_close(
+            &format!("{case} dbias"),
+            &got,
+            &widen_all(&db_t),
+            bound,
+            0.0,
+        );
     }
 }
 
@@ -86,7 +129,10 @@ fn run_case<T: Element + npyz::Deserialize>(case: &str, shape: &[usize], nshape:
 fn matches_pytorch_vectors() {
     let manifest = std::fs::read_to_string(dir().join("manifest.txt")).unwrap();
     let mut cases = 0;
-    for line in manifest.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in manifest
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let f: Vec<&str> = line.split_whitespace().collect();
         let [name, dtype, shape, nshape, _affine, eps] = f[..] else {
             panic!("bad manifest line {line:?}")
@@ -107,11 +153,27 @@ fn the_seed_example_matches_pytorch_closely() {
     // The seed's 2×3×2 batch: a row of two values normalizes to ±√(σ²/(σ²+ε)), and PyTorch
     // agrees to a few ulp.
     let x: Vec<f32> = load("seed_f32", "x").unwrap();
-    assert_eq!(x, [0.1, 0.5, 0.3, 0.8, 0.9, 0.4, 0.9, 0.4, 0.2, 0.3, 0.6, 0.7]);
+    assert_eq!(
+        x,
+        [0.1, 0.5, 0.3, 0.8, 0.9, 0.4, 0.9, 0.4, 0.2, 0.3, 0.6, 0.7]
+    );
     let w: Vec<f32> = load("seed_f32", "weight").unwrap();
     let b: Vec<f32> = load("seed_f32", "bias").unwrap();
-    let (y, _) = layer_norm::forward(&x, 2, Affine::scale_shift(&w, &b), 1e-5, Parallelism::Sequential).unwrap();
+    let (y, _) = layer_norm::forward(
+        &x,
+        2,
+        Affine::scale_shift(&w, &b),
+        1e-5,
+        Parallelism::Sequential,
+    )
+    .unwrap();
     let y_t: Vec<f32> = load("seed_f32", "y").unwrap();
     let scale = 1.0 + max_abs(&widen_all(&w)) + max_abs(&widen_all(&b));
-    assert_close("seed y", &widen_all(&y), &widen_all(&y_t), 8.0 * f64::from(f32::EPSILON) * scale, 0.0);
+    assert_close(
+        "seed y",
+        &widen_all(&y),
+        &widen_all(&y_t),
+        8.0 * f64::from(f32::EPSILON) * scale,
+        0.0,
+    );
 }

@@ -116,7 +116,11 @@ struct ScaledMean {
 
 impl ScaledMean {
     fn new(mean: f64, rstd: f64) -> Self {
-        let scale = if rstd < f64::SCALE_RANGE.0 { DOWNSCALE } else { 1.0 };
+        let scale = if rstd < f64::SCALE_RANGE.0 {
+            DOWNSCALE
+        } else {
+            1.0
+        };
         ScaledMean {
             scale,
             shift: mean * scale,
@@ -212,7 +216,11 @@ pub(crate) fn backward_row<T: Element>(
     out: RowGrads<'_, T>,
 ) {
     let n = x.len() as f64;
-    let scale = if rstd < f64::SCALE_RANGE.0 { DOWNSCALE } else { 1.0 };
+    let scale = if rstd < f64::SCALE_RANGE.0 {
+        DOWNSCALE
+    } else {
+        1.0
+    };
     let pivot = mean * scale;
     let gamma = |i: usize| weight.map_or(1.0, |w| to_f64(w[i]));
     let [sum_d, sum_g, sum_gd] = lane_sums(x.len(), |i| {
@@ -244,7 +252,8 @@ fn backward_apply<T: Element, K: Float, C: Center<K>>(
 ) {
     let xhat = |v: T| c.xhat(load::<T, K>(v));
     if let Some(dx) = out.dx {
-        let (rstd, mean_g, mean_gx) = (K::from_f64(rstd), K::from_f64(mean_g), K::from_f64(mean_gx));
+        let (rstd, mean_g, mean_gx) =
+            (K::from_f64(rstd), K::from_f64(mean_g), K::from_f64(mean_gx));
         let dx_of = |g: K, x: T| store(rstd * (g - mean_g - xhat(x) * mean_gx));
         let rows = dx.iter_mut().zip(x).zip(dy);
         match weight {

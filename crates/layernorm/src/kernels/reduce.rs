@@ -10,24 +10,26 @@ pub(crate) const LANES: usize = 8;
 
 /// `K` simultaneous sums `Σ_i term(i)[k]` over `0..n`, each in f64, in the fixed order above.
 #[inline(always)]
-pub(crate) fn lane_sums<const K: usize>(n: usize, mut term: impl FnMut(usize) -> [f64; K]) -> [f64; K] {
+pub(crate) fn lane_sums<const K: usize>(
+    n: usize,
+    mut term: impl FnMut(usize) -> [f64; K],
+) -> [f64; K] {
     let mut acc = [[0.0f64; LANES]; K];
     let body = n - n % LANES;
     let mut i = 0;
+    let mut add = |lane: usize, t: [f64; K]| {
+        for (acc, t) in acc.iter_mut().zip(t) {
+            acc[lane] += t;
+        }
+    };
     while i < body {
         for lane in 0..LANES {
-            let t = term(i + lane);
-            for k in 0..K {
-                acc[k][lane] += t[k];
-            }
+            add(lane, term(i + lane));
         }
         i += LANES;
     }
     for (lane, i) in (body..n).enumerate() {
-        let t = term(i);
-        for k in 0..K {
-            acc[k][lane] += t[k];
-        }
+        add(lane, term(i));
     }
     acc.map(combine_lanes)
 }

@@ -111,10 +111,7 @@ where
 }
 
 /// Splits an optional mutable slice of rows.
-pub(crate) fn split_opt<'a, T>(
-    s: Option<&'a mut [T]>,
-    at: usize,
-) -> (Option<&'a mut [T]>, Option<&'a mut [T]>) {
+pub(crate) fn split_opt<T>(s: Option<&mut [T]>, at: usize) -> (Option<&mut [T]>, Option<&mut [T]>) {
     match s {
         Some(s) => {
             let (a, b) = s.split_at_mut(at);
@@ -147,7 +144,10 @@ mod tests {
                     assert_eq!(w.0, blocks.range(b));
                     seen.lock().unwrap().push(b);
                 };
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(3)
+                    .build()
+                    .unwrap();
                 pool.install(|| {
                     for_each_block(Parallelism::Rayon, usize::MAX, blocks, Rows(0..rows), &f)
                 });

@@ -27,7 +27,9 @@ impl Rand {
     }
 
     pub fn normals<T: Element>(&mut self, n: usize, mean: f64, std: f64) -> Vec<T> {
-        (0..n).map(|_| from_f64(mean + std * self.normal())).collect()
+        (0..n)
+            .map(|_| from_f64(mean + std * self.normal()))
+            .collect()
     }
 }
 
@@ -70,7 +72,11 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], abs: f64, rel: f64) {
         "{what}: {} of {} elements off (abs {abs:e}, rel {rel:e}):\n  {}",
         bad.len(),
         got.len(),
-        bad.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ")
+        bad.iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
     );
 }
 
@@ -101,7 +107,11 @@ pub fn assert_within(what: &str, got: &[f64], want: &[f64], bound: &[f64]) {
         })
         .map(|i| {
             let (g, w) = (got[i], want[i]);
-            format!("[{i}] got {g:e} want {w:e} diff {:e} bound {:e}", (g - w).abs(), bound[i])
+            format!(
+                "[{i}] got {g:e} want {w:e} diff {:e} bound {:e}",
+                (g - w).abs(),
+                bound[i]
+            )
         })
         .collect();
     assert!(
@@ -109,7 +119,11 @@ pub fn assert_within(what: &str, got: &[f64], want: &[f64], bound: &[f64]) {
         "{what}: {} of {} elements off:\n  {}",
         bad.len(),
         got.len(),
-        bad.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ")
+        bad.iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
     );
 }
 

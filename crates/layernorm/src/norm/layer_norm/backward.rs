@@ -121,7 +121,14 @@ pub fn backward_into<T: Element>(
                 dbias: want_db.then_some(&mut *db),
             };
             let (mean, rstd) = (rows.mean[r].to_f64(), rows.rstd[r].to_f64());
-            backward_row(&rows.x[span.clone()], &rows.dy[span], weight, mean, rstd, out);
+            backward_row(
+                &rows.x[span.clone()],
+                &rows.dy[span],
+                weight,
+                mean,
+                rstd,
+                out,
+            );
         }
     };
     for_each_block(par, x.len(), blocks, work, &kernel);
@@ -181,6 +188,9 @@ impl<T: Element> RowSplit for Rows<'_, T> {
             dx,
             partials,
         };
-        (piece(x0, dy0, m0, s0, dx0, p0), piece(x1, dy1, m1, s1, dx1, p1))
+        (
+            piece(x0, dy0, m0, s0, dx0, p0),
+            piece(x1, dy1, m1, s1, dx1, p1),
+        )
     }
 }

@@ -44,7 +44,15 @@ pub fn forward<T: Element>(
         mean: vec![T::Compute::ZERO; shape.rows],
         rstd: vec![T::Compute::ZERO; shape.rows],
     };
-    forward_into(x, normalized_len, affine, eps, &mut y, Some(stats.as_mut()), par)?;
+    forward_into(
+        x,
+        normalized_len,
+        affine,
+        eps,
+        &mut y,
+        Some(stats.as_mut()),
+        par,
+    )?;
     Ok((y, stats))
 }
 
@@ -122,8 +130,20 @@ impl<T: Element> RowSplit for Rows<'_, T> {
         let (s0, s1) = split_opt(self.rstd, at);
         let cols = self.cols;
         (
-            Rows { cols, x: x0, y: y0, mean: m0, rstd: s0 },
-            Rows { cols, x: x1, y: y1, mean: m1, rstd: s1 },
+            Rows {
+                cols,
+                x: x0,
+                y: y0,
+                mean: m0,
+                rstd: s0,
+            },
+            Rows {
+                cols,
+                x: x1,
+                y: y1,
+                mean: m1,
+                rstd: s1,
+            },
         )
     }
 }

@@ -190,7 +190,13 @@ impl<T: Element> LayerNorm<T> {
     /// product of `shape`, [`Error::ZeroSizeDim`].
     pub fn forward(&self, x: &[T], shape: &[usize]) -> Result<(Vec<T>, Stats<T::Compute>)> {
         let rc = self.rows(x.len(), shape)?;
-        forward(x, rc.cols, self.affine(), self.eps(), self.config.parallelism)
+        forward(
+            x,
+            rc.cols,
+            self.affine(),
+            self.eps(),
+            self.config.parallelism,
+        )
     }
 
     /// [`forward`](Self::forward) into caller-provided buffers, allocating nothing.

@@ -1,0 +1,370 @@
+//! The `layernorm` binary end to end: the demo, `normalize` on real .npy files, and every
+//! kind of bad input (exit status 2, one line on stderr, no output file left behind).
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use npyz::WriterBuilder;
+
+fn layernorm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_layernorm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+    order: npyz::Order,
+) {
+    let file = fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .order(order)
+        .writer(file)
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+fn read_npy<T: npyz::Deserialize>(bytes: &[u8]) -> (Vec<u64>, Vec<T>, String) {
+    let npy = npyz::NpyFile::new(bytes).unwrap();
+    let shape = npy.shape().to_vec();
+    let descr = npy.dtype().descr();
+    (shape, npy.into_vec().unwrap(), descr)
+}
+
+fn read_npz_entry(path: &Path, name: &str) -> Vec<u8> {
+    let mut zip = zip::ZipArchive::new(fs::File::open(path).unwrap()).unwrap();
+    let mut entry = zip.by_name(&format!("{name}.npy")).unwrap();
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+/// Per-row f64 LayerNorm of `x` viewed as rows of `cols`, with optional γ and β.
+fn reference(x: &[f64], cols: usize, w: Option<&[f64]>, b: Option<&[f64]>, eps: f64) -> Vec<f64> {
+    layernorm::reference::layer_norm_forward(x, cols, w, b, eps).0
+}
+
+fn ramp(n: usize, a: f64) -> Vec<f64> {
+    (0..n)
+        .map(|i| ((i * 7919) % 101) as f64 * a - 3.0)
+        .collect()
+}
+
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        Dir(tempfile::tempdir().unwrap())
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.0.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn no_arguments_runs_the_demo() {
+    let out = layernorm(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\"I love AI\""), "{text}");
+    assert!(text.contains("\"AI is amazing\""));
+    assert!(text.contains("[0.10, 0.50]"));
+    // "I" = [0.1, 0.5]: mean 0.3, std 0.2, normalized to [−1, 1] (to 3 decimals).
+    assert!(text.contains("0.300  0.200   [-1.000,  1.000]"), "{text}");
+    assert!(text.contains("(32, 50, 128)"));
+    assert!(text.contains("µs"));
+}
+
+#[test]
+fn normalizes_f32_over_the_last_axis_by_default() {
+    let dir = Dir::new();
+    let (input, output) = (dir.path("x.npy"), dir.path("y.npy"));
+    let x = ramp(2 * 3 * 8, 0.37);
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    write_npy(&input, &[2, 3, 8], &x32, npyz::Order::C);
+    let out = layernorm(&["normalize", path_str(&input), "-o", path_str(&output)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (shape, y, descr) = read_npy::<f32>(&fs::read(&output).unwrap());
+    assert_eq!((shape, descr.as_str()), (vec![2, 3, 8], "'<f4'"));
+    let xf: Vec<f64> = x32.iter().map(|&v| f64::from(v)).collect();
+    let want = reference(&xf, 8, None, None, 1e-5);
+    for (g, w) in y.iter().zip(&want) {
+        // ≤ 5 roundings of 2^-24 on |y| ≤ √8 (see the library's reference tests).
+        assert!(
+            (f64::from(*g) - w).abs() <= 6.0 * 2f64.powi(-24) * 3.0,
+            "{g} vs {w}"
+        );
+    }
+    assert_eq!(dir.files(), ["x.npy", "y.npy"]);
+}
+
+#[test]
+fn axis_weight_bias_and_stats_follow_onnx() {
+    let dir = Dir::new();
+    let shape = [2usize, 3, 4];
+    let x = ramp(24, 0.5);
+    let w: Vec<f64> = (0..12).map(|i| 0.5 + i as f64 / 8.0).collect();
+    let b: Vec<f64> = (0..12).map(|i| i as f64 / 10.0 - 0.4).collect();
+    write_npy(&dir.path("x.npy"), &[2, 3, 4], &x, npyz::Order::C);
+    write_npy(&dir.path("w.npy"), &[3, 4], &w, npyz::Order::C);
+    // β as float32: parameters are converted to the input's dtype.
+    let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+    write_npy(&dir.path("b.npy"), &[3, 4], &b32, npyz::Order::C);
+    let (y_path, stats_path) = (dir.path("y.npy"), dir.path("stats.npz"));
+    let out = layernorm(&[
+        "normalize",
+        path_str(&dir.path("x.npy")),
+        "-o",
+        path_str(&y_path),
+        "--axis",
+        "-2",
+        "--eps",
+        "1e-3",
+        "--weight",
+        path_str(&dir.path("w.npy")),
+        "--bias",
+        path_str(&dir.path("b.npy")),
+        "--stats",
+        path_str(&stats_path),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (yshape, y, descr) = read_npy::<f64>(&fs::read(&y_path).unwrap());
+    assert_eq!(
+        (yshape, descr.as_str()),
+        (shape.map(|d| d as u64).to_vec(), "'<f8'")
+    );
+    let bf: Vec<f64> = b32.iter().map(|&v| f64::from(v)).collect();
+    let want = reference(&x, 12, Some(&w), Some(&bf), 1e-3);
+    for (g, w) in y.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-14, "{g} vs {w}");
+    }
+    for (name, expect) in [("mean", [1.5 * 0.5 * 0.0, 0.0]), ("rstd", [0.0, 0.0])] {
+        let (st_shape, values, descr) = read_npy::<f32>(&read_npz_entry(&stats_path, name));
+        assert_eq!(st_shape, vec![2, 1, 1], "{name}");
+        assert_eq!(descr, "'<f4'");
+        assert_eq!(values.len(), expect.len());
+    }
+    let (_, mean, _) = read_npy::<f32>(&read_npz_entry(&stats_path, "mean"));
+    let stats = layernorm::reference::layer_norm_stats(&x, 12, 1e-3);
+    for (m, (want, _)) in mean.iter().zip(&stats) {
+        assert_eq!(*m, *want as f32);
+    }
+}
+
+#[test]
+fn fortran_order_and_big_endian_inputs_read_correctly() {
+    let dir = Dir::new();
+    // The 3×5 array a[i][j] = i·5 + j, stored column-major.
+    let c: Vec<f32> = (0..15).map(|v| v as f32 * 0.25).collect();
+    let mut f = vec![0.0f32; 15];
+    for i in 0..3 {
+        for j in 0..5 {
+            f[i + 3 * j] = c[i * 5 + j];
+        }
+    }
+    write_npy(&dir.path("c.npy"), &[3, 5], &c, npyz::Order::C);
+    write_npy(&dir.path("f.npy"), &[3, 5], &f, npyz::Order::Fortran);
+    {
+        let file = fs::File::create(dir.path("be.npy")).unwrap();
+        let dtype = npyz::DType::Plain(">f4".parse().unwrap());
+        let mut w = npyz::WriteOptions::new()
+            .dtype(dtype)
+            .shape(&[3, 5])
+            .writer(file)
+            .begin_nd()
+            .unwrap();
+        w.extend(c.iter().copied()).unwrap();
+        w.finish().unwrap();
+    }
+    let mut outputs = vec![];
+    for name in ["c", "f", "be"] {
+        let out_path = dir.path(&format!("{name}.out.npy"));
+        let out = layernorm(&[
+            "normalize",
+            path_str(&dir.path(&format!("{name}.npy"))),
+            "-o",
+            path_str(&out_path),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push(read_npy::<f32>(&fs::read(&out_path).unwrap()).1);
+    }
+    assert_eq!(outputs[0], outputs[1], "Fortran order");
+    assert_eq!(outputs[0], outputs[2], "big endian");
+}
+
+/// Runs a failing command and checks the contract: status 2, one line on stderr, and the
+/// directory holding exactly the files it held before.
+fn assert_clean_failure(dir: &Dir, args: &[&str], needle: &str) {
+    let before = dir.files();
+    let out = layernorm(args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr:?}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected {needle:?} in {stderr:?}"
+    );
+    assert_eq!(dir.files(), before, "{args:?} left files behind");
+}
+
+#[test]
+fn bad_inputs_exit_2_with_one_line_and_no_output() {
+    let dir = Dir::new();
+    let x = ramp(12, 1.0);
+    write_npy(&dir.path("x.npy"), &[3, 4], &x, npyz::Order::C);
+    write_npy(&dir.path("ints.npy"), &[3, 4], &[1i32; 12], npyz::Order::C);
+    write_npy(&dir.path("w3.npy"), &[3], &[1.0f64; 3], npyz::Order::C);
+    write_npy(
+        &dir.path("empty.npy"),
+        &[0, 4],
+        &[0.0f32; 0],
+        npyz::Order::C,
+    );
+    write_npy(&dir.path("scalar.npy"), &[], &[1.0f32], npyz::Order::C);
+    fs::write(dir.path("garbage.npy"), b"this is not an npy file at all").unwrap();
+    let whole = fs::read(dir.path("x.npy")).unwrap();
+    fs::write(dir.path("truncated.npy"), &whole[..whole.len() - 5]).unwrap();
+    // A header claiming 10^12 × 10^6 float32 in a tiny file must fail cleanly, not allocate.
+    let mut hostile = whole[..10].to_vec();
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 1000000), }";
+    let mut header = header.to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    hostile[8..10].copy_from_slice(&(header.len() as u16).to_le_bytes());
+    hostile.extend_from_slice(header.as_bytes());
+    hostile.extend_from_slice(&[0u8; 16]);
+    fs::write(dir.path("hostile.npy"), &hostile).unwrap();
+
+    let x_in = dir.path("x.npy");
+    let out = dir.path("out.npy");
+    let (x_in, out) = (path_str(&x_in), path_str(&out));
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("missing.npy"), "-o", out],
+        "cannot open",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("garbage.npy"), "-o", out],
+        "not a valid .npy",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("truncated.npy"), "-o", out],
+        "truncated",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("hostile.npy"), "-o", out],
+        "truncated",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("ints.npy"), "-o", out],
+        "not a floating-point type",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("empty.npy"), "-o", out],
+        "zero-size dimension",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("scalar.npy"), "-o", out],
+        "out of range",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", x_in, "-o", out, "--axis", "2"],
+        "axis 2 is out of range",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", x_in, "-o", out, "--axis", "-3"],
+        "axis -3 is out of range",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", x_in, "-o", out, "--eps", "0"],
+        "epsilon",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", x_in, "-o", out, "--eps", "NaN"],
+        "epsilon",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", x_in, "-o", out, "--eps", "-1"],
+        "epsilon",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", x_in, "-o", out, "--weight", &p("w3.npy")],
+        "expected [4]",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", x_in, "-o", out, "--bias", &p("garbage.npy")],
+        "bias",
+    );
+    assert_clean_failure(
+        &dir,
+        &[
+            "normalize",
+            x_in,
+            "-o",
+            out,
+            "--stats",
+            &p("no/such/dir/stats.npz"),
+        ],
+        "cannot create",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", x_in, "-o", &p("no/such/dir/y.npy")],
+        "cannot create",
+    );
+    assert_clean_failure(&dir, &["normalize", x_in], "--output");
+    assert_clean_failure(&dir, &["frobnicate"], "unrecognized subcommand");
+}

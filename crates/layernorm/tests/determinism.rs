@@ -1,0 +1,110 @@
+//! Bitwise determinism: the same bits with 1, 2, 3 and 7 threads and sequentially, and a row's
+//! outputs the same whether it is normalized alone or inside a batch of any size.
+
+mod common;
+
+use common::*;
+use layernorm::{layer_norm, Affine, Element, GradMask, Gradients, Parallelism, Stats};
+
+type Outputs<T> = (Vec<T>, Stats<<T as Element>::Compute>, Gradients<T>);
+
+fn run<T: Element>(
+    x: &[T],
+    dy: &[T],
+    w: &[T],
+    b: &[T],
+    cols: usize,
+    par: Parallelism,
+) -> Outputs<T> {
+    let (y, stats) = layer_norm::forward(x, cols, Affine::scale_shift(w, b), 1e-5, par).unwrap();
+    let g = layer_norm::backward(dy, x, cols, stats.as_ref(), Some(w), GradMask::ALL, par).unwrap();
+    (y, stats, g)
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+fn thread_counts_agree<T: Element>(rows: usize, cols: usize) {
+    let mut rng = Rand::new(21);
+    let x: Vec<T> = rng.normals(rows * cols, 2.0, 3.0);
+    let dy: Vec<T> = rng.normals(rows * cols, 0.0, 1.0);
+    let w: Vec<T> = rng.normals(cols, 1.0, 0.5);
+    let b: Vec<T> = rng.normals(cols, 0.0, 0.5);
+    let sequential = run(&x, &dy, &w, &b, cols, Parallelism::Sequential);
+    for threads in [1, 2, 3, 7] {
+        let threaded = in_pool(threads, || run(&x, &dy, &w, &b, cols, Parallelism::Rayon));
+        // PartialEq on floats: bitwise for everything but NaN, and there is none here.
+        assert!(
+            threaded == sequential,
+            "{} {rows}×{cols}: {threads} threads differ",
+            T::NAME
+        );
+    }
+}
+
+#[test]
+fn outputs_are_bitwise_identical_across_thread_counts() {
+    // Large enough to split into many blocks (the split starts at 2^16 elements).
+    for (rows, cols) in [(1600, 128), (257, 1023), (3000, 17), (40, 4097)] {
+        thread_counts_agree::<f32>(rows, cols);
+    }
+    thread_counts_agree::<f64>(1024, 96);
+}
+
+#[test]
+fn a_row_gives_the_same_bits_alone_or_in_any_batch() {
+    let cols = 768;
+    let mut rng = Rand::new(8);
+    let probe_x: Vec<f32> = rng.normals(cols, 5.0, 2.0);
+    let probe_dy: Vec<f32> = rng.normals(cols, 0.0, 1.0);
+    let w: Vec<f32> = rng.normals(cols, 1.0, 0.5);
+    let b: Vec<f32> = rng.normals(cols, 0.0, 0.5);
+    let (y1, s1, g1) = run(&probe_x, &probe_dy, &w, &b, cols, Parallelism::Rayon);
+    for (batch, position) in [(2, 1), (8, 3), (33, 32), (200, 117)] {
+        let mut x: Vec<f32> = rng.normals(batch * cols, 0.0, 10.0);
+        let mut dy: Vec<f32> = rng.normals(batch * cols, 0.0, 1.0);
+        let span = position * cols..(position + 1) * cols;
+        x[span.clone()].copy_from_slice(&probe_x);
+        dy[span.clone()].copy_from_slice(&probe_dy);
+        for threads in [1, 3] {
+            let (y, s, g) = in_pool(threads, || run(&x, &dy, &w, &b, cols, Parallelism::Rayon));
+            assert_eq!(&y[span.clone()], &y1[..], "y, batch {batch}");
+            assert_eq!(s.mean[position], s1.mean[0]);
+            assert_eq!(s.rstd[position], s1.rstd[0]);
+            assert_eq!(
+                &g.dx.as_ref().unwrap()[span.clone()],
+                &g1.dx.as_ref().unwrap()[..],
+                "dx, batch {batch}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_row_gives_the_same_bits_at_any_alignment() {
+    // The reduction order depends on the index within the row, never on the address.
+    let cols = 67;
+    let mut rng = Rand::new(13);
+    let buf: Vec<f32> = rng.normals(cols + 16, 1.0, 1.0);
+    let row: Vec<f32> = buf[..cols].to_vec();
+    let (y0, s0) =
+        layer_norm::forward(&row, cols, Affine::none(), 1e-5, Parallelism::Sequential).unwrap();
+    for shift in 1..16 {
+        let mut shifted = vec![0.0f32; shift];
+        shifted.extend_from_slice(&row);
+        let (y, s) = layer_norm::forward(
+            &shifted[shift..],
+            cols,
+            Affine::none(),
+            1e-5,
+            Parallelism::Sequential,
+        )
+        .unwrap();
+        assert_eq!((y, s), (y0.clone(), s0.clone()), "shift {shift}");
+    }
+}
