@@ -9,10 +9,16 @@
 use std::fmt::Debug;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
+use half::{bf16, f16};
+
+use crate::kernels::RowKernels;
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
     impl Sealed for f64 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
 }
 
 /// A floating-point type the kernels compute in: `f32` or `f64`. Sealed.
@@ -94,11 +100,12 @@ impl Float for f64 {
     }
 }
 
-/// A tensor element type. Sealed: implemented for `f32` and `f64`.
+/// A tensor element type. Sealed: implemented for `f32`, `f64`, and the 16-bit storage types
+/// [`half::f16`] and [`half::bf16`] (computed in f32).
 ///
 /// Per-type code is only the widening load and the narrowing store; everything else is shared.
 pub trait Element:
-    sealed::Sealed + Copy + Send + Sync + Debug + Default + PartialEq + 'static
+    sealed::Sealed + RowKernels + Copy + Send + Sync + Debug + Default + PartialEq + 'static
 {
     /// The type arithmetic is done in, and the type of the saved statistics.
     type Compute: Float;
@@ -138,6 +145,34 @@ impl Element for f64 {
     #[inline(always)]
     fn narrow(v: f64) -> Self {
         v
+    }
+}
+
+impl Element for f16 {
+    type Compute = f32;
+    const NAME: &'static str = "float16";
+    const UNIT_ROUNDOFF: f64 = 1.0 / 2048.0; // 2^-11
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Element for bf16 {
+    type Compute = f32;
+    const NAME: &'static str = "bfloat16";
+    const UNIT_ROUNDOFF: f64 = 1.0 / 256.0; // 2^-8
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> Self {
+        bf16::from_f32(v)
     }
 }
 

@@ -44,7 +44,7 @@ impl RowsCols {
                 shape: vec![0],
             });
         }
-        if len % normalized_len != 0 {
+        if !len.is_multiple_of(normalized_len) {
             return Err(Error::RaggedInput {
                 len,
                 normalized_len,

@@ -34,6 +34,7 @@
 
 #![deny(unsafe_code)]
 
+mod arch;
 mod dtype;
 mod error;
 mod kernels;
@@ -42,8 +43,10 @@ mod norm;
 mod par;
 pub mod reference;
 
+pub use arch::{cpu_info, with_isa, CpuInfo, IsaKind};
 pub use dtype::{Element, Float};
 pub use error::{Error, Operand, Result};
+pub use half::{bf16, f16};
 pub use norm::layer_norm;
 pub use norm::layer_norm::{LayerNorm, LayerNormConfig};
 pub use norm::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};

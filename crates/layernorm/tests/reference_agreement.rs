@@ -173,7 +173,7 @@ fn suite<T: Element>() {
         for kind in AffineKind::ALL {
             for misalign in [0, 1] {
                 seed = seed.wrapping_add(1);
-                let offset = if seed % 3 == 0 { 10.0 } else { 0.0 };
+                let offset = if seed.is_multiple_of(3) { 10.0 } else { 0.0 };
                 check_case::<T>(&Case {
                     rows: 3,
                     cols,

@@ -1,8 +1,155 @@
-//! The algorithms, written once, generic over the element type.
+//! The algorithms, written once, generic over the element type (and, in `simd.rs`, over the
+//! instruction set).
 //!
 //! Kernels take rows that the public API has already validated; they cannot fail. Per-row
 //! results depend only on the row's own data and length (never on its address or on the rows
 //! around it), which is what makes outputs batch-invariant.
+//!
+//! Work arrives in blocks of whole rows ([`ForwardBlock`], [`BackwardBlock`]); each element
+//! type says which kernel runs a block through [`RowKernels`]: the vector kernels for the
+//! f32-computed types (f32, f16, bf16), the portable one for f64.
 
-pub(crate) mod layer_norm;
+pub(crate) mod portable;
 pub(crate) mod reduce;
+mod simd;
+
+use half::{bf16, f16};
+
+use crate::arch::Isa;
+use crate::dtype::{Element, Float};
+use crate::par::{split_opt, RowSplit};
+
+/// A range of rows of a forward problem, with everything a kernel needs to normalize them.
+pub struct ForwardBlock<'a, T: Element> {
+    pub(crate) cols: usize,
+    pub(crate) eps: f64,
+    pub(crate) weight: Option<&'a [T]>,
+    pub(crate) bias: Option<&'a [T]>,
+    pub(crate) x: &'a [T],
+    pub(crate) y: &'a mut [T],
+    pub(crate) mean: Option<&'a mut [T::Compute]>,
+    pub(crate) rstd: Option<&'a mut [T::Compute]>,
+}
+
+impl<T: Element> RowSplit for ForwardBlock<'_, T> {
+    fn split_at(self, at: usize) -> (Self, Self) {
+        let (x0, x1) = self.x.split_at(at * self.cols);
+        let (y0, y1) = self.y.split_at_mut(at * self.cols);
+        let (m0, m1) = split_opt(self.mean, at);
+        let (s0, s1) = split_opt(self.rstd, at);
+        let (cols, eps, weight, bias) = (self.cols, self.eps, self.weight, self.bias);
+        let piece = |x, y, mean, rstd| ForwardBlock {
+            cols,
+            eps,
+            weight,
+            bias,
+            x,
+            y,
+            mean,
+            rstd,
+        };
+        (piece(x0, y0, m0, s0), piece(x1, y1, m1, s1))
+    }
+}
+
+impl<T: Element> ForwardBlock<'_, T> {
+    fn rows(&self) -> usize {
+        self.x.len() / self.cols
+    }
+
+    fn save_stats(&mut self, row: usize, stats: portable::RowStats) {
+        if let Some(m) = self.mean.as_deref_mut() {
+            m[row] = T::Compute::from_f64(stats.mean);
+        }
+        if let Some(s) = self.rstd.as_deref_mut() {
+            s[row] = T::Compute::from_f64(stats.rstd);
+        }
+    }
+}
+
+/// A range of rows of a backward problem, with the f64 dγ/dβ partials of the blocks it covers
+/// (`partial_len` values per block: dγ's `cols` first, if requested, then dβ's).
+pub struct BackwardBlock<'a, T: Element> {
+    pub(crate) cols: usize,
+    pub(crate) block_rows: usize,
+    pub(crate) partial_len: usize,
+    pub(crate) want_dweight: bool,
+    pub(crate) want_dbias: bool,
+    pub(crate) weight: Option<&'a [T]>,
+    pub(crate) x: &'a [T],
+    pub(crate) dy: &'a [T],
+    pub(crate) mean: &'a [T::Compute],
+    pub(crate) rstd: &'a [T::Compute],
+    pub(crate) dx: Option<&'a mut [T]>,
+    pub(crate) partials: &'a mut [f64],
+}
+
+impl<T: Element> RowSplit for BackwardBlock<'_, T> {
+    fn split_at(self, at: usize) -> (Self, Self) {
+        let elems = at * self.cols;
+        let (x0, x1) = self.x.split_at(elems);
+        let (dy0, dy1) = self.dy.split_at(elems);
+        let (m0, m1) = self.mean.split_at(at);
+        let (s0, s1) = self.rstd.split_at(at);
+        let (dx0, dx1) = split_opt(self.dx, elems);
+        // Splits fall on block boundaries (or at the end, for the short last block).
+        let (p0, p1) = self
+            .partials
+            .split_at_mut(at.div_ceil(self.block_rows) * self.partial_len);
+        let (cols, block_rows, partial_len) = (self.cols, self.block_rows, self.partial_len);
+        let (want_dweight, want_dbias, weight) = (self.want_dweight, self.want_dbias, self.weight);
+        let piece = |x, dy, mean, rstd, dx, partials| BackwardBlock {
+            cols,
+            block_rows,
+            partial_len,
+            want_dweight,
+            want_dbias,
+            weight,
+            x,
+            dy,
+            mean,
+            rstd,
+            dx,
+            partials,
+        };
+        (
+            piece(x0, dy0, m0, s0, dx0, p0),
+            piece(x1, dy1, m1, s1, dx1, p1),
+        )
+    }
+}
+
+/// Which kernel runs a block of this element type. Implemented for every [`Element`].
+pub trait RowKernels: Sized {
+    /// Normalizes every row of `block`.
+    fn forward_block(isa: Isa, block: ForwardBlock<'_, Self>)
+    where
+        Self: Element;
+    /// Backward for every row of `block`, accumulating its dγ/dβ partials.
+    fn backward_block(isa: Isa, block: BackwardBlock<'_, Self>)
+    where
+        Self: Element;
+}
+
+macro_rules! vector_kernels {
+    ($($t:ty),*) => {$(
+        impl RowKernels for $t {
+            fn forward_block(isa: Isa, block: ForwardBlock<'_, Self>) {
+                isa.vectorize(simd::Forward(block))
+            }
+            fn backward_block(isa: Isa, block: BackwardBlock<'_, Self>) {
+                isa.vectorize(simd::Backward(block))
+            }
+        }
+    )*};
+}
+vector_kernels!(f32, f16, bf16);
+
+impl RowKernels for f64 {
+    fn forward_block(_isa: Isa, block: ForwardBlock<'_, Self>) {
+        portable::forward_block(block)
+    }
+    fn backward_block(_isa: Isa, block: BackwardBlock<'_, Self>) {
+        portable::backward_block(block)
+    }
+}

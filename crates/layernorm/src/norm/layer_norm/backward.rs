@@ -1,12 +1,13 @@
 //! LayerNorm backward: validation, the row kernel over fixed blocks of rows, and the
 //! fixed-order reduction of the per-block dγ/dβ partials.
 
+use crate::arch;
 use crate::dtype::{Element, Float};
 use crate::error::{Operand, Result};
-use crate::kernels::layer_norm::{backward_row, RowGrads};
+use crate::kernels::BackwardBlock;
 use crate::layout::RowsCols;
 use crate::norm::{check_len, GradMask, Gradients, GradsMut, StatsRef};
-use crate::par::{for_each_block, split_opt, Blocks, Parallelism, RowSplit};
+use crate::par::{for_each_block, Blocks, Parallelism};
 
 /// Gradients of LayerNorm with respect to x, γ and β, from the upstream gradient `dy`, the
 /// input `x`, the statistics saved by the forward pass and γ (`None` if the forward had none).
@@ -100,10 +101,13 @@ pub fn backward_into<T: Element>(
         Blocks::for_map(shape.rows, cols)
     };
     let mut partials = vec![0.0f64; blocks.count() * partial_len];
-    let work = Rows {
+    let work = BackwardBlock {
         cols,
         block_rows: blocks.block_rows,
         partial_len,
+        want_dweight: want_dw,
+        want_dbias: want_db,
+        weight,
         x,
         dy,
         mean: stats.mean,
@@ -111,27 +115,10 @@ pub fn backward_into<T: Element>(
         dx: grads.dx,
         partials: &mut partials,
     };
-    let kernel = |mut rows: Rows<'_, T>, _block: usize| {
-        let (dw, db) = rows.partials.split_at_mut(if want_dw { cols } else { 0 });
-        for r in 0..rows.mean.len() {
-            let span = r * cols..(r + 1) * cols;
-            let out = RowGrads {
-                dx: rows.dx.as_deref_mut().map(|dx| &mut dx[span.clone()]),
-                dweight: want_dw.then_some(&mut *dw),
-                dbias: want_db.then_some(&mut *db),
-            };
-            let (mean, rstd) = (rows.mean[r].to_f64(), rows.rstd[r].to_f64());
-            backward_row(
-                &rows.x[span.clone()],
-                &rows.dy[span],
-                weight,
-                mean,
-                rstd,
-                out,
-            );
-        }
-    };
-    for_each_block(par, x.len(), blocks, work, &kernel);
+    let isa = arch::active();
+    for_each_block(par, x.len(), blocks, work, &|block, _| {
+        T::backward_block(isa, block)
+    });
 
     // Combine the block partials in block order: the result does not depend on threads.
     let reduce = |offset: usize, out: &mut [T]| {
@@ -149,48 +136,4 @@ pub fn backward_into<T: Element>(
         reduce(if want_dw { cols } else { 0 }, db);
     }
     Ok(())
-}
-
-/// A range of rows of the backward problem, with the partials of the blocks it covers.
-struct Rows<'a, T: Element> {
-    cols: usize,
-    block_rows: usize,
-    partial_len: usize,
-    x: &'a [T],
-    dy: &'a [T],
-    mean: &'a [T::Compute],
-    rstd: &'a [T::Compute],
-    dx: Option<&'a mut [T]>,
-    partials: &'a mut [f64],
-}
-
-impl<T: Element> RowSplit for Rows<'_, T> {
-    fn split_at(self, at: usize) -> (Self, Self) {
-        let elems = at * self.cols;
-        let (x0, x1) = self.x.split_at(elems);
-        let (dy0, dy1) = self.dy.split_at(elems);
-        let (m0, m1) = self.mean.split_at(at);
-        let (s0, s1) = self.rstd.split_at(at);
-        let (dx0, dx1) = split_opt(self.dx, elems);
-        // Splits fall on block boundaries (or at the end, for the short last block).
-        let (p0, p1) = self
-            .partials
-            .split_at_mut(at.div_ceil(self.block_rows) * self.partial_len);
-        let (cols, block_rows, partial_len) = (self.cols, self.block_rows, self.partial_len);
-        let piece = |x, dy, mean, rstd, dx, partials| Rows {
-            cols,
-            block_rows,
-            partial_len,
-            x,
-            dy,
-            mean,
-            rstd,
-            dx,
-            partials,
-        };
-        (
-            piece(x0, dy0, m0, s0, dx0, p0),
-            piece(x1, dy1, m1, s1, dx1, p1),
-        )
-    }
 }

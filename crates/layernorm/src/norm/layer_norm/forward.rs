@@ -1,11 +1,12 @@
 //! LayerNorm forward: validation, then the row kernel over a deterministic split of rows.
 
+use crate::arch;
 use crate::dtype::{Element, Float};
 use crate::error::{Operand, Result};
-use crate::kernels::layer_norm::forward_row;
+use crate::kernels::ForwardBlock;
 use crate::layout::RowsCols;
 use crate::norm::{check_eps, check_len, Affine, Stats, StatsMut};
-use crate::par::{for_each_block, split_opt, Blocks, Parallelism, RowSplit};
+use crate::par::{for_each_block, Blocks, Parallelism};
 
 /// Normalizes `x`, viewed as rows of `normalized_len` elements, and returns `y` with the saved
 /// statistics (one mean and one rstd per row).
@@ -83,67 +84,20 @@ pub fn forward_into<T: Element>(
         Some(s) => (Some(s.mean), Some(s.rstd)),
         None => (None, None),
     };
-    let work = Rows {
+    let work = ForwardBlock {
         cols: shape.cols,
+        eps,
+        weight: affine.weight,
+        bias: affine.bias,
         x,
         y,
         mean,
         rstd,
     };
-    let kernel = |mut rows: Rows<'_, T>, _block: usize| {
-        for r in 0..rows.x.len() / rows.cols {
-            let span = r * rows.cols..(r + 1) * rows.cols;
-            let stats = forward_row(
-                &rows.x[span.clone()],
-                affine.weight,
-                affine.bias,
-                eps,
-                &mut rows.y[span],
-            );
-            if let Some(m) = rows.mean.as_deref_mut() {
-                m[r] = T::Compute::from_f64(stats.mean);
-            }
-            if let Some(s) = rows.rstd.as_deref_mut() {
-                s[r] = T::Compute::from_f64(stats.rstd);
-            }
-        }
-    };
+    let isa = arch::active();
     let blocks = Blocks::for_map(shape.rows, shape.cols);
-    for_each_block(par, x.len(), blocks, work, &kernel);
+    for_each_block(par, x.len(), blocks, work, &|block, _| {
+        T::forward_block(isa, block)
+    });
     Ok(())
-}
-
-/// A range of rows of the forward problem.
-struct Rows<'a, T: Element> {
-    cols: usize,
-    x: &'a [T],
-    y: &'a mut [T],
-    mean: Option<&'a mut [T::Compute]>,
-    rstd: Option<&'a mut [T::Compute]>,
-}
-
-impl<T: Element> RowSplit for Rows<'_, T> {
-    fn split_at(self, at: usize) -> (Self, Self) {
-        let (x0, x1) = self.x.split_at(at * self.cols);
-        let (y0, y1) = self.y.split_at_mut(at * self.cols);
-        let (m0, m1) = split_opt(self.mean, at);
-        let (s0, s1) = split_opt(self.rstd, at);
-        let cols = self.cols;
-        (
-            Rows {
-                cols,
-                x: x0,
-                y: y0,
-                mean: m0,
-                rstd: s0,
-            },
-            Rows {
-                cols,
-                x: x1,
-                y: y1,
-                mean: m1,
-                rstd: s1,
-            },
-        )
-    }
 }

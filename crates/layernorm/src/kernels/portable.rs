@@ -1,4 +1,6 @@
-//! LayerNorm row kernels.
+//! The portable LayerNorm row kernels: the algorithm in plain Rust, generic over the element
+//! type. f64 tensors run here, and so do the rare f32/f16/bf16 rows that need the f64 path
+//! (see the end of this comment); the vector kernels in `simd.rs` follow the same steps.
 //!
 //! Forward, for one row of n elements — statistics in f64, normalization in the arithmetic
 //! type K (f32 for f32 storage, f64 for f64):
@@ -139,7 +141,7 @@ impl Center<f64> for ScaledMean {
 /// Whether a row with these statistics can be computed in K (see `Float::SCALE_RANGE` and
 /// `Float::MIN_SPLIT_MEAN`); otherwise it takes the f64 path.
 #[inline(always)]
-fn in_safe_range<K: Float>(mean: f64, rstd: f64) -> bool {
+pub(crate) fn in_safe_range<K: Float>(mean: f64, rstd: f64) -> bool {
     let (lo, hi) = K::SCALE_RANGE;
     (lo..=hi).contains(&rstd) && (mean == 0.0 || mean.abs() >= K::MIN_SPLIT_MEAN)
 }
@@ -272,5 +274,46 @@ fn backward_apply<T: Element, K: Float, C: Center<K>>(
         for (db, &dy) in db.iter_mut().zip(dy) {
             *db += to_f64(dy);
         }
+    }
+}
+
+/// Normalizes every row of a block (the f64 element type's kernel).
+pub(crate) fn forward_block<T: Element>(mut block: super::ForwardBlock<'_, T>) {
+    let cols = block.cols;
+    for r in 0..block.rows() {
+        let span = r * cols..(r + 1) * cols;
+        let (weight, bias, eps) = (block.weight, block.bias, block.eps);
+        let stats = forward_row(
+            &block.x[span.clone()],
+            weight,
+            bias,
+            eps,
+            &mut block.y[span],
+        );
+        block.save_stats(r, stats);
+    }
+}
+
+/// Backward for every row of a block (the f64 element type's kernel).
+pub(crate) fn backward_block<T: Element>(mut block: super::BackwardBlock<'_, T>) {
+    let cols = block.cols;
+    let split = if block.want_dweight { cols } else { 0 };
+    let (dw, db) = block.partials.split_at_mut(split);
+    for r in 0..block.mean.len() {
+        let span = r * cols..(r + 1) * cols;
+        let out = RowGrads {
+            dx: block.dx.as_deref_mut().map(|dx| &mut dx[span.clone()]),
+            dweight: block.want_dweight.then_some(&mut *dw),
+            dbias: block.want_dbias.then_some(&mut *db),
+        };
+        let (mean, rstd) = (block.mean[r].to_f64(), block.rstd[r].to_f64());
+        backward_row(
+            &block.x[span.clone()],
+            &block.dy[span],
+            block.weight,
+            mean,
+            rstd,
+            out,
+        );
     }
 }

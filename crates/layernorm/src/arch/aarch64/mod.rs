@@ -1,0 +1,5 @@
+//! aarch64: the NEON token.
+
+mod neon;
+
+pub(crate) use neon::Neon;

@@ -1,0 +1,301 @@
+//! The only place with intrinsics: instruction-set tokens and the vector operations the
+//! kernels are written in.
+//!
+//! A token (`Avx2`, `Avx512`, …) can only be created by detection, so holding one proves the
+//! CPU has the features; [`Isa`] carries the token, and [`Isa::vectorize`] runs a kernel
+//! compiled for it. Kernels are written once, generic over [`Simd`]; the scalar token
+//! implements the same operations on plain arrays, so every ISA runs the same algorithm.
+//!
+//! Detection runs once and is cached. `LAYERNORM_ISA=scalar|avx2|avx512|neon` forces a lower
+//! instruction set (a request for one the CPU lacks falls back to the best it has).
+
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+
+pub(crate) use scalar::Scalar;
+
+/// The vector operations kernels are written in: f32 vectors of `LANES` lanes for arithmetic,
+/// f64 vectors of `LANES / 2` lanes for accumulation. Loads and stores take slices of at least
+/// `LANES` elements and touch exactly the first `LANES`.
+pub(crate) trait Simd: Copy + Send + Sync + 'static {
+    /// f32 lanes per vector.
+    const LANES: usize;
+    /// A vector of `LANES` f32.
+    type F32: Copy;
+    /// A vector of `LANES / 2` f64.
+    type F64: Copy;
+
+    fn splat(self, v: f32) -> Self::F32;
+    fn add(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    fn sub(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    fn mul(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    /// `a·b + c` (fused where the ISA has FMA).
+    fn mul_add(self, a: Self::F32, b: Self::F32, c: Self::F32) -> Self::F32;
+
+    fn splat64(self, v: f64) -> Self::F64;
+    fn add64(self, a: Self::F64, b: Self::F64) -> Self::F64;
+    fn sub64(self, a: Self::F64, b: Self::F64) -> Self::F64;
+    fn mul64(self, a: Self::F64, b: Self::F64) -> Self::F64;
+    /// `a·b + c` in f64.
+    fn mul_add64(self, a: Self::F64, b: Self::F64, c: Self::F64) -> Self::F64;
+    /// The low and high halves of an f32 vector, widened to f64 (exact).
+    fn widen(self, v: Self::F32) -> [Self::F64; 2];
+    /// The sum of the lanes, in a fixed order.
+    fn reduce64(self, v: Self::F64) -> f64;
+
+    /// Loads `LANES / 2` f64.
+    fn load_f64(self, src: &[f64]) -> Self::F64;
+    /// Stores `LANES / 2` f64.
+    fn store_f64(self, dst: &mut [f64], v: Self::F64);
+    fn load_f32(self, src: &[f32]) -> Self::F32;
+    fn store_f32(self, dst: &mut [f32], v: Self::F32);
+    fn load_f16(self, src: &[f16]) -> Self::F32;
+    /// Rounds to nearest even.
+    fn store_f16(self, dst: &mut [f16], v: Self::F32);
+    fn load_bf16(self, src: &[bf16]) -> Self::F32;
+    /// Rounds to nearest even; NaN stays NaN.
+    fn store_bf16(self, dst: &mut [bf16], v: Self::F32);
+}
+
+/// A storage type with vector loads and stores: f32, f16 and bf16 (all computed in f32).
+pub(crate) trait Storage: Copy + Default + Send + Sync + 'static {
+    fn load<S: Simd>(simd: S, src: &[Self]) -> S::F32;
+    fn store<S: Simd>(simd: S, dst: &mut [Self], v: S::F32);
+}
+
+impl Storage for f32 {
+    #[inline(always)]
+    fn load<S: Simd>(simd: S, src: &[f32]) -> S::F32 {
+        simd.load_f32(src)
+    }
+    #[inline(always)]
+    fn store<S: Simd>(simd: S, dst: &mut [f32], v: S::F32) {
+        simd.store_f32(dst, v)
+    }
+}
+
+impl Storage for f16 {
+    #[inline(always)]
+    fn load<S: Simd>(simd: S, src: &[f16]) -> S::F32 {
+        simd.load_f16(src)
+    }
+    #[inline(always)]
+    fn store<S: Simd>(simd: S, dst: &mut [f16], v: S::F32) {
+        simd.store_f16(dst, v)
+    }
+}
+
+impl Storage for bf16 {
+    #[inline(always)]
+    fn load<S: Simd>(simd: S, src: &[bf16]) -> S::F32 {
+        simd.load_bf16(src)
+    }
+    #[inline(always)]
+    fn store<S: Simd>(simd: S, dst: &mut [bf16], v: S::F32) {
+        simd.store_bf16(dst, v)
+    }
+}
+
+/// A computation to run with the best vector instructions: [`Isa::vectorize`] calls
+/// `with_simd` inside a function compiled for the ISA's features, where the generic kernel
+/// (all `#[inline(always)]`) is inlined.
+pub(crate) trait WithSimd {
+    type Output;
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output;
+}
+
+/// The instruction sets there are kernels for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum IsaKind {
+    /// Portable code on plain arrays (the compiler may still use SSE2/NEON for it).
+    Scalar,
+    /// x86-64 AVX2 with FMA and F16C: 8 f32 lanes.
+    Avx2,
+    /// x86-64 AVX-512 (F, BW, VL, DQ): 16 f32 lanes.
+    Avx512,
+    /// aarch64 NEON: 4 f32 lanes.
+    Neon,
+}
+
+impl IsaKind {
+    /// Lower-case name, as `LAYERNORM_ISA` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IsaKind::Scalar => "scalar",
+            IsaKind::Avx2 => "avx2",
+            IsaKind::Avx512 => "avx512",
+            IsaKind::Neon => "neon",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            IsaKind::Scalar,
+            IsaKind::Avx2,
+            IsaKind::Avx512,
+            IsaKind::Neon,
+        ]
+        .into_iter()
+        .find(|k| k.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl fmt::Display for IsaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A detected instruction set, holding the token that proves it (crate-internal: the
+/// module is private).
+#[derive(Clone, Copy, Debug)]
+pub enum Isa {
+    Scalar(Scalar),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(x86_64::Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(x86_64::Avx512),
+    #[cfg(target_arch = "aarch64")]
+    Neon(aarch64::Neon),
+}
+
+impl Isa {
+    pub(crate) fn kind(self) -> IsaKind {
+        match self {
+            Isa::Scalar(_) => IsaKind::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => IsaKind::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => IsaKind::Avx512,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(_) => IsaKind::Neon,
+        }
+    }
+
+    /// Runs `w` with this instruction set.
+    #[inline]
+    pub(crate) fn vectorize<W: WithSimd>(self, w: W) -> W::Output {
+        match self {
+            Isa::Scalar(s) => w.with_simd(s),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => t.vectorize(w),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(t) => t.vectorize(w),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => t.vectorize(w),
+        }
+    }
+
+    /// Every instruction set this CPU supports, best last.
+    pub(crate) fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut out = vec![Isa::Scalar(Scalar)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            out.extend(x86_64::Avx2::try_new().map(Isa::Avx2));
+            out.extend(x86_64::Avx512::try_new().map(Isa::Avx512));
+        }
+        #[cfg(target_arch = "aarch64")]
+        out.extend(aarch64::Neon::try_new().map(Isa::Neon));
+        out
+    }
+}
+
+/// What detection found and chose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuInfo {
+    /// The instruction set the kernels use.
+    pub selected: IsaKind,
+    /// Every instruction set this CPU supports.
+    pub available: Vec<IsaKind>,
+    /// The CPU features detection looked at, with whether each is present.
+    pub features: Vec<(&'static str, bool)>,
+    /// The value of `LAYERNORM_ISA`, if set.
+    pub requested: Option<String>,
+}
+
+struct Selection {
+    isa: Isa,
+    info: CpuInfo,
+}
+
+fn selection() -> &'static Selection {
+    static SELECTION: OnceLock<Selection> = OnceLock::new();
+    SELECTION.get_or_init(|| {
+        let available = Isa::available();
+        let requested = std::env::var("LAYERNORM_ISA").ok();
+        let wanted = requested.as_deref().and_then(IsaKind::parse);
+        // The best available ISA not above the request (unknown requests are ignored).
+        let isa = available
+            .iter()
+            .rev()
+            .copied()
+            .find(|isa| wanted.is_none_or(|w| isa.kind() <= w))
+            .unwrap_or(Isa::Scalar(Scalar));
+        let info = CpuInfo {
+            selected: isa.kind(),
+            available: available.iter().map(|i| i.kind()).collect(),
+            features: features(),
+            requested,
+        };
+        Selection { isa, info }
+    })
+}
+
+thread_local! {
+    static OVERRIDE: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
+}
+
+/// The instruction set kernels run with: detected once and cached, unless [`with_isa`] is
+/// overriding it on this thread.
+pub(crate) fn active() -> Isa {
+    OVERRIDE.with(|o| o.get()).unwrap_or(selection().isa)
+}
+
+/// Runs `f` with the kernels forced to `kind` on this thread (and on the pool threads its
+/// calls split work onto), for tests and benchmarks that compare instruction sets. Returns
+/// `None`, without running `f`, if the CPU lacks `kind`.
+pub fn with_isa<R>(kind: IsaKind, f: impl FnOnce() -> R) -> Option<R> {
+    let isa = Isa::available().into_iter().find(|i| i.kind() == kind)?;
+    let previous = OVERRIDE.with(|o| o.replace(Some(isa)));
+    // Restore the previous choice even if `f` panics.
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    Some(f())
+}
+
+/// What CPU detection found and which instruction set the kernels use.
+pub fn cpu_info() -> CpuInfo {
+    selection().info.clone()
+}
+
+fn features() -> Vec<(&'static str, bool)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_64::features()
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        vec![("neon", std::arch::is_aarch64_feature_detected!("neon"))]
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        vec![]
+    }
+}

@@ -1,0 +1,180 @@
+//! AVX-512 (F, BW, DQ, VL) + FMA + F16C: 16 f32 lanes, 8 f64 lanes.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use crate::arch::{Simd, WithSimd};
+
+/// Proof that the CPU has AVX-512 F/BW/DQ/VL (and AVX2, FMA, F16C); only
+/// [`Avx512::try_new`] makes one.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512 {
+    _private: (),
+}
+
+impl Avx512 {
+    pub(crate) fn try_new() -> Option<Self> {
+        let ok = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        ok.then_some(Avx512 { _private: () })
+    }
+
+    #[inline(always)]
+    pub(crate) fn vectorize<W: WithSimd>(self, w: W) -> W::Output {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+        fn inner<W: WithSimd>(simd: Avx512, w: W) -> W::Output {
+            w.with_simd(simd)
+        }
+        // SAFETY: an `Avx512` exists only if detection found every feature enabled above.
+        unsafe { inner(self, w) }
+    }
+}
+
+// SAFETY (for every `unsafe` block below): the intrinsics need the AVX-512 features that
+// `self` proves; every load and store first slices its buffer to the 16 (or 8) elements it
+// touches, so the pointer is valid for them; unaligned loads and stores are used.
+impl Simd for Avx512 {
+    const LANES: usize = 16;
+    type F32 = __m512;
+    type F64 = __m512d;
+
+    #[inline(always)]
+    fn splat(self, v: f32) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_set1_ps(v) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn splat64(self, v: f64) -> __m512d {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_set1_pd(v) }
+    }
+    #[inline(always)]
+    fn add64(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_add_pd(a, b) }
+    }
+    #[inline(always)]
+    fn sub64(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_sub_pd(a, b) }
+    }
+    #[inline(always)]
+    fn mul64(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_mul_pd(a, b) }
+    }
+    #[inline(always)]
+    fn mul_add64(self, a: __m512d, b: __m512d, c: __m512d) -> __m512d {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_fmadd_pd(a, b, c) }
+    }
+    #[inline(always)]
+    fn widen(self, v: __m512) -> [__m512d; 2] {
+        // SAFETY: see the impl comment.
+        unsafe {
+            let high = _mm512_extractf32x8_ps::<1>(v);
+            [
+                _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+                _mm512_cvtps_pd(high),
+            ]
+        }
+    }
+    #[inline(always)]
+    fn reduce64(self, v: __m512d) -> f64 {
+        let mut l = [0.0f64; 8];
+        // SAFETY: see the impl comment; `l` holds 8 f64.
+        unsafe { _mm512_storeu_pd(l.as_mut_ptr(), v) };
+        ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    }
+    #[inline(always)]
+    fn load_f64(self, src: &[f64]) -> __m512d {
+        let src = &src[..8];
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_loadu_pd(src.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store_f64(self, dst: &mut [f64], v: __m512d) {
+        let dst = &mut dst[..8];
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_storeu_pd(dst.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn load_f32(self, src: &[f32]) -> __m512 {
+        let src = &src[..16];
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_loadu_ps(src.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store_f32(self, dst: &mut [f32], v: __m512) {
+        let dst = &mut dst[..16];
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn load_f16(self, src: &[f16]) -> __m512 {
+        let src = &src[..16];
+        // SAFETY: see the impl comment; 16 f16 (transparent u16) are 32 bytes.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn store_f16(self, dst: &mut [f16], v: __m512) {
+        let dst = &mut dst[..16];
+        // SAFETY: see the impl comment; 16 f16 are 32 bytes.
+        unsafe {
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm256_storeu_si256(dst.as_mut_ptr().cast(), h)
+        }
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[bf16]) -> __m512 {
+        let src = &src[..16];
+        // SAFETY: see the impl comment; 16 bf16 (transparent u16) are 32 bytes.
+        unsafe {
+            let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(src.as_ptr().cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+        }
+    }
+    #[inline(always)]
+    fn store_bf16(self, dst: &mut [bf16], v: __m512) {
+        let dst = &mut dst[..16];
+        // SAFETY: see the impl comment; 16 bf16 are 32 bytes.
+        unsafe {
+            // Round to nearest even: add 0x7fff plus the lowest kept bit, then truncate.
+            let bits = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+            let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+            // NaN must stay NaN (rounding could carry it into infinity): quiet it instead.
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000));
+            let bits = _mm512_mask_blend_epi32(nan, rounded, quiet);
+            let packed = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(bits));
+            _mm256_storeu_si256(dst.as_mut_ptr().cast(), packed)
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The LayerNorm row kernels on vectors, for the types computed in f32 (f32, f16, bf16):
+//! the steps of `portable.rs`, written once over [`Simd`] so that every instruction set —
+//! scalar, AVX2, AVX-512, NEON — runs the same algorithm.
+//!
+//! ```text
+//! forward, per row:
+//!   pass 1  Σd, Σd² with d = x − x₀    f64, exact; x₀ from the row bounds the cancellation
+//!   pass 2  y = ((x − μ_hi) − μ_lo)·rstd·γ + β     f32, narrowed on store
+//! backward, per row (from saved mean, rstd):
+//!   pass 1  Σd, Σg, Σg·d            f64, d = x − mean, g = dy·γ (exact products)
+//!   pass 2  dx = rstd·g − (x̂·rstd·mean_gx + rstd·mean_g);  dγ += dy·x̂;  dβ += dy
+//! ```
+//!
+//! A row's reduction order depends only on its length: full vectors from the start, then the
+//! few remaining elements one by one. Pass 2 reads the row from L1/L2, where pass 1 left it. Rows that need the f64 path (see `portable.rs`) are handed to the portable kernel.
+
+use crate::arch::{Simd, Storage, WithSimd};
+use crate::dtype::{to_f64, Element};
+
+use super::portable::{self, in_safe_range, RowGrads, RowStats};
+use super::{BackwardBlock, ForwardBlock};
+
+/// Largest vector width of any ISA, in f32 lanes (tails are staged in buffers this long).
+const MAX_LANES: usize = 16;
+
+/// A forward block, to run with an ISA.
+pub(crate) struct Forward<'a, T: Element>(pub ForwardBlock<'a, T>);
+
+/// A backward block, to run with an ISA.
+pub(crate) struct Backward<'a, T: Element>(pub BackwardBlock<'a, T>);
+
+impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let mut block = self.0;
+        let cols = block.cols;
+        for r in 0..block.rows() {
+            let span = r * cols..(r + 1) * cols;
+            let x = &block.x[span.clone()];
+            let stats = row_stats(s, x, block.eps);
+            let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
+                let y = &mut block.y[span];
+                match (block.weight, block.bias) {
+                    (None, None) => normalize::<S, T, false, false>(s, x, &[], &[], stats, y),
+                    (Some(w), None) => normalize::<S, T, true, false>(s, x, w, &[], stats, y),
+                    (None, Some(b)) => normalize::<S, T, false, true>(s, x, &[], b, stats, y),
+                    (Some(w), Some(b)) => normalize::<S, T, true, true>(s, x, w, b, stats, y),
+                }
+                stats
+            } else {
+                let y = &mut block.y[span];
+                portable::forward_row(x, block.weight, block.bias, block.eps, y)
+            };
+            block.save_stats(r, stats);
+        }
+    }
+}
+
+/// Mean and rstd of a row in one pass: Σd and Σd² in f64, with d = x − x₀ (x₀ the row's
+/// first element).
+///
+/// Shifting by a value *from the row* is what makes one pass safe: |μ − x₀| ≤ σ·√n (no single
+/// deviation can exceed the total), so `Σd²/n − (Σd/n)²` cancels at most a factor n of the
+/// variance, and with exact f64 differences and squares of f32 inputs the relative error of
+/// σ² stays below (n + log n)·2^-53 — under 2^-24 (one f32 rounding) even for rows of 2^29.
+/// The catastrophic `E[x²] − E[x]²` is the unshifted version, whose cancellation factor
+/// μ²/σ² is unbounded.
+#[inline(always)]
+fn row_stats<S: Simd, T: Storage + Element<Compute = f32>>(s: S, x: &[T], eps: f64) -> RowStats {
+    let (n, l) = (x.len(), S::LANES);
+    let zero = s.splat64(0.0);
+    let pivot = to_f64(x[0]);
+    let p = s.splat64(pivot);
+    let (mut sum, mut sq) = ([zero; 4], [zero; 4]);
+    let mut i = 0;
+    while i + 2 * l <= n {
+        for k in 0..2 {
+            let [lo, hi] = s.widen(T::load(s, &x[i + k * l..]));
+            let (d0, d1) = (s.sub64(lo, p), s.sub64(hi, p));
+            sum[2 * k] = s.add64(sum[2 * k], d0);
+            sum[2 * k + 1] = s.add64(sum[2 * k + 1], d1);
+            sq[2 * k] = s.mul_add64(d0, d0, sq[2 * k]);
+            sq[2 * k + 1] = s.mul_add64(d1, d1, sq[2 * k + 1]);
+        }
+        i += 2 * l;
+    }
+    while i + l <= n {
+        let [lo, hi] = s.widen(T::load(s, &x[i..]));
+        let (d0, d1) = (s.sub64(lo, p), s.sub64(hi, p));
+        sum[0] = s.add64(sum[0], d0);
+        sum[1] = s.add64(sum[1], d1);
+        sq[0] = s.mul_add64(d0, d0, sq[0]);
+        sq[1] = s.mul_add64(d1, d1, sq[1]);
+        i += l;
+    }
+    let (mut sum_d, mut sum_sq) = (fold4(s, sum), fold4(s, sq));
+    for &v in &x[i..] {
+        let d = to_f64(v) - pivot;
+        sum_d += d;
+        sum_sq += d * d;
+    }
+    let nf = n as f64;
+    let shift = sum_d / nf;
+    let var = sum_sq / nf - shift * shift;
+    // Rounding can leave a hair below zero; a NaN must stay NaN.
+    let var = if var < 0.0 { 0.0 } else { var };
+    RowStats {
+        mean: pivot + shift,
+        rstd: 1.0 / (var + eps).sqrt(),
+    }
+}
+
+/// The sum of 4 accumulators' lanes, in a fixed order.
+#[inline(always)]
+fn fold4<S: Simd>(s: S, a: [S::F64; 4]) -> f64 {
+    s.reduce64(s.add64(s.add64(a[0], a[2]), s.add64(a[1], a[3])))
+}
+
+/// μ split into an f32 pair: `x − hi` is exact near μ, `lo` keeps what f32 cannot hold.
+#[inline(always)]
+fn split_mean(mean: f64) -> (f32, f32) {
+    let hi = mean as f32;
+    (hi, (mean - f64::from(hi)) as f32)
+}
+
+/// Pass 3: `y = ((x − hi) − lo)·rstd·γ + β`, with γ/β present as the flags say.
+#[inline(always)]
+fn normalize<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const B: bool>(
+    s: S,
+    x: &[T],
+    weight: &[T],
+    bias: &[T],
+    stats: RowStats,
+    y: &mut [T],
+) {
+    let (n, l) = (x.len(), S::LANES);
+    let (hi, lo) = split_mean(stats.mean);
+    let (hi, lo, rstd) = (s.splat(hi), s.splat(lo), s.splat(stats.rstd as f32));
+    // A plain fn, not a closure: closures do not inherit the ISA's target features, so the
+    // intrinsics inside one would not inline.
+    #[inline(always)]
+    fn apply<S: Simd>(
+        s: S,
+        c: [S::F32; 3],
+        xv: S::F32,
+        w: Option<S::F32>,
+        b: Option<S::F32>,
+    ) -> S::F32 {
+        let [hi, lo, rstd] = c;
+        let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd);
+        match (w, b) {
+            (Some(w), Some(b)) => s.mul_add(xhat, w, b),
+            (Some(w), None) => s.mul(xhat, w),
+            (None, Some(b)) => s.add(xhat, b),
+            (None, None) => xhat,
+        }
+    }
+    let c = [hi, lo, rstd];
+    let mut i = 0;
+    while i + l <= n {
+        let wv = if W {
+            Some(T::load(s, &weight[i..]))
+        } else {
+            None
+        };
+        let bv = if B {
+            Some(T::load(s, &bias[i..]))
+        } else {
+            None
+        };
+        T::store(s, &mut y[i..], apply(s, c, T::load(s, &x[i..]), wv, bv));
+        i += l;
+    }
+    if i < n {
+        // The tail, staged through buffers one vector long (padding lanes are never stored).
+        let t = n - i;
+        let stage = |src: &[T]| {
+            let mut buf = [T::default(); MAX_LANES];
+            buf[..t].copy_from_slice(&src[i..]);
+            buf
+        };
+        let wv = if W {
+            Some(T::load(s, &stage(weight)))
+        } else {
+            None
+        };
+        let bv = if B {
+            Some(T::load(s, &stage(bias)))
+        } else {
+            None
+        };
+        let mut out = [T::default(); MAX_LANES];
+        T::store(s, &mut out, apply(s, c, T::load(s, &stage(x)), wv, bv));
+        y[i..].copy_from_slice(&out[..t]);
+    }
+}
+
+impl<T: Element<Compute = f32> + Storage> WithSimd for Backward<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let mut block = self.0;
+        let cols = block.cols;
+        let split = if block.want_dweight { cols } else { 0 };
+        let (dw, db) = block.partials.split_at_mut(split);
+        let (mut dw, mut db) = (
+            block.want_dweight.then_some(dw),
+            block.want_dbias.then_some(db),
+        );
+        let weight = block.weight;
+        for r in 0..block.mean.len() {
+            let span = r * cols..(r + 1) * cols;
+            let (x, dy) = (&block.x[span.clone()], &block.dy[span.clone()]);
+            let dx = block.dx.as_deref_mut().map(|dx| &mut dx[span]);
+            let (mean, rstd) = (f64::from(block.mean[r]), f64::from(block.rstd[r]));
+            let (dw, db) = (dw.as_deref_mut(), db.as_deref_mut());
+            match weight {
+                Some(w) => backward_row::<S, T, true>(
+                    s,
+                    x,
+                    dy,
+                    w,
+                    mean,
+                    rstd,
+                    RowGrads {
+                        dx,
+                        dweight: dw,
+                        dbias: db,
+                    },
+                ),
+                None => backward_row::<S, T, false>(
+                    s,
+                    x,
+                    dy,
+                    &[],
+                    mean,
+                    rstd,
+                    RowGrads {
+                        dx,
+                        dweight: dw,
+                        dbias: db,
+                    },
+                ),
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const W: bool>(
+    s: S,
+    x: &[T],
+    dy: &[T],
+    weight: &[T],
+    mean: f64,
+    rstd: f64,
+    out: RowGrads<'_, T>,
+) {
+    if !in_safe_range::<f32>(mean, rstd) {
+        let weight = W.then_some(weight);
+        return portable::backward_row(x, dy, weight, mean, rstd, out);
+    }
+    let (n, l) = (x.len(), S::LANES);
+    // Pass 1: Σd, Σg, Σg·d with d = x − mean and g = dy·γ, both exact in f64.
+    let pivot = s.splat64(mean);
+    let zero = s.splat64(0.0);
+    let (mut sd, mut sg, mut sgd) = ([zero; 2], [zero; 2], [zero; 2]);
+    let mut i = 0;
+    while i + l <= n {
+        let xs = s.widen(T::load(s, &x[i..]));
+        let dys = s.widen(T::load(s, &dy[i..]));
+        let gs = if W {
+            let w = s.widen(T::load(s, &weight[i..]));
+            [s.mul64(dys[0], w[0]), s.mul64(dys[1], w[1])]
+        } else {
+            dys
+        };
+        for h in 0..2 {
+            let d = s.sub64(xs[h], pivot);
+            sd[h] = s.add64(sd[h], d);
+            sg[h] = s.add64(sg[h], gs[h]);
+            sgd[h] = s.mul_add64(gs[h], d, sgd[h]);
+        }
+        i += l;
+    }
+    let (mut sum_d, mut sum_g, mut sum_gd) = (
+        s.reduce64(s.add64(sd[0], sd[1])),
+        s.reduce64(s.add64(sg[0], sg[1])),
+        s.reduce64(s.add64(sgd[0], sgd[1])),
+    );
+    for j in i..n {
+        let d = to_f64(x[j]) - mean;
+        let g = to_f64(dy[j]) * if W { to_f64(weight[j]) } else { 1.0 };
+        sum_d += d;
+        sum_g += g;
+        sum_gd += g * d;
+    }
+    let nf = n as f64;
+    let delta = sum_d / nf; // the saved mean may be rounded: recover the exact one
+    let mean_g = sum_g / nf;
+    let mean_gx = (sum_gd - delta * sum_g) * rstd / nf;
+
+    // Pass 2, in f32.
+    let (hi_s, lo_s) = split_mean(mean + delta);
+    let (rstd_s, c_g_s, c_x_s) = (rstd as f32, (rstd * mean_g) as f32, (rstd * mean_gx) as f32);
+    let (hi, lo, rstd_v) = (s.splat(hi_s), s.splat(lo_s), s.splat(rstd_s));
+    let (c_g, c_x) = (s.splat(c_g_s), s.splat(c_x_s));
+    let RowGrads {
+        mut dx,
+        mut dweight,
+        mut dbias,
+    } = out;
+    let mut i = 0;
+    while i + l <= n {
+        let (xv, dyv) = (T::load(s, &x[i..]), T::load(s, &dy[i..]));
+        let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd_v);
+        if let Some(dw) = dweight.as_deref_mut() {
+            accumulate(s, &mut dw[i..], s.mul(dyv, xhat));
+        }
+        if let Some(db) = dbias.as_deref_mut() {
+            accumulate(s, &mut db[i..], dyv);
+        }
+        if let Some(dx) = dx.as_deref_mut() {
+            let g = if W {
+                s.mul(dyv, T::load(s, &weight[i..]))
+            } else {
+                dyv
+            };
+            T::store(
+                s,
+                &mut dx[i..],
+                s.sub(s.mul(rstd_v, g), s.mul_add(xhat, c_x, c_g)),
+            );
+        }
+        i += l;
+    }
+    for j in i..n {
+        // The tail, one element at a time: the same arithmetic in scalar f32.
+        let xhat = ((x[j].widen() - hi_s) - lo_s) * rstd_s;
+        let dyj = dy[j].widen();
+        if let Some(dw) = dweight.as_deref_mut() {
+            dw[j] += f64::from(dyj * xhat);
+        }
+        if let Some(db) = dbias.as_deref_mut() {
+            db[j] += f64::from(dyj);
+        }
+        if let Some(dx) = dx.as_deref_mut() {
+            let g = if W { dyj * weight[j].widen() } else { dyj };
+            dx[j] = T::narrow(rstd_s * g - (xhat * c_x_s + c_g_s));
+        }
+    }
+}
+
+/// `acc[..LANES] += v`, widening v to f64.
+#[inline(always)]
+fn accumulate<S: Simd>(s: S, acc: &mut [f64], v: S::F32) {
+    let half = S::LANES / 2;
+    let [v0, v1] = s.widen(v);
+    let a0 = s.add64(s.load_f64(acc), v0);
+    let a1 = s.add64(s.load_f64(&acc[half..]), v1);
+    s.store_f64(acc, a0);
+    s.store_f64(&mut acc[half..], a1);
+}
