@@ -265,7 +265,7 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
     let mut hostile = whole[..10].to_vec();
     let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 1000000), }";
     let mut header = header.to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
