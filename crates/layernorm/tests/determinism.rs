@@ -21,12 +21,28 @@ fn run<T: Element>(
     (y, stats, g)
 }
 
+/// Runs `f` in a pool of `threads` threads, with the instruction set the calling thread uses
+/// (`with_isa` overrides are per thread, so the pool's thread must set it again).
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
+    let isa = CURRENT
+        .with(|c| c.get())
+        .unwrap_or(layernorm::cpu_info().selected);
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .unwrap()
-        .install(f)
+        .unwrap();
+    pool.install(|| layernorm::with_isa(isa, f).unwrap())
+}
+
+thread_local! {
+    static CURRENT: std::cell::Cell<Option<layernorm::IsaKind>> = const { std::cell::Cell::new(None) };
+}
+
+/// `with_isa`, remembering the choice so that `in_pool` can carry it over.
+fn on_isa(kind: layernorm::IsaKind, f: impl FnOnce()) {
+    CURRENT.with(|c| c.set(Some(kind)));
+    layernorm::with_isa(kind, f).unwrap();
+    CURRENT.with(|c| c.set(None));
 }
 
 fn thread_counts_agree<T: Element>(rows: usize, cols: usize) {
@@ -49,11 +65,17 @@ fn thread_counts_agree<T: Element>(rows: usize, cols: usize) {
 
 #[test]
 fn outputs_are_bitwise_identical_across_thread_counts() {
-    // Large enough to split into many blocks (the split starts at 2^16 elements).
-    for (rows, cols) in [(1600, 128), (257, 1023), (3000, 17), (40, 4097)] {
-        thread_counts_agree::<f32>(rows, cols);
+    // On every instruction set: large enough to split into many blocks (from 2^16 elements).
+    for kind in layernorm::cpu_info().available {
+        on_isa(kind, || {
+            for (rows, cols) in [(1600, 128), (257, 1023), (3000, 17), (40, 4097)] {
+                thread_counts_agree::<f32>(rows, cols);
+            }
+            thread_counts_agree::<f64>(1024, 96);
+            thread_counts_agree::<layernorm::bf16>(700, 100);
+            thread_counts_agree::<layernorm::f16>(300, 257);
+        });
     }
-    thread_counts_agree::<f64>(1024, 96);
 }
 
 #[test]
@@ -64,15 +86,24 @@ fn a_row_gives_the_same_bits_alone_or_in_any_batch() {
     let probe_dy: Vec<f32> = rng.normals(cols, 0.0, 1.0);
     let w: Vec<f32> = rng.normals(cols, 1.0, 0.5);
     let b: Vec<f32> = rng.normals(cols, 0.0, 0.5);
-    let (y1, s1, g1) = run(&probe_x, &probe_dy, &w, &b, cols, Parallelism::Rayon);
+    for kind in layernorm::cpu_info().available {
+        on_isa(kind, || {
+            batch_invariance(&probe_x, &probe_dy, &w, &b, &mut rng)
+        });
+    }
+}
+
+fn batch_invariance(probe_x: &[f32], probe_dy: &[f32], w: &[f32], b: &[f32], rng: &mut Rand) {
+    let cols = probe_x.len();
+    let (y1, s1, g1) = run(probe_x, probe_dy, w, b, cols, Parallelism::Rayon);
     for (batch, position) in [(2, 1), (8, 3), (33, 32), (200, 117)] {
         let mut x: Vec<f32> = rng.normals(batch * cols, 0.0, 10.0);
         let mut dy: Vec<f32> = rng.normals(batch * cols, 0.0, 1.0);
         let span = position * cols..(position + 1) * cols;
-        x[span.clone()].copy_from_slice(&probe_x);
-        dy[span.clone()].copy_from_slice(&probe_dy);
+        x[span.clone()].copy_from_slice(probe_x);
+        dy[span.clone()].copy_from_slice(probe_dy);
         for threads in [1, 3] {
-            let (y, s, g) = in_pool(threads, || run(&x, &dy, &w, &b, cols, Parallelism::Rayon));
+            let (y, s, g) = in_pool(threads, || run(&x, &dy, w, b, cols, Parallelism::Rayon));
             assert_eq!(&y[span.clone()], &y1[..], "y, batch {batch}");
             assert_eq!(s.mean[position], s1.mean[0]);
             assert_eq!(s.rstd[position], s1.rstd[0]);

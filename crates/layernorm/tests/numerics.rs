@@ -243,3 +243,33 @@ fn backward_recovers_from_a_rounded_saved_mean() {
     assert!(normwise_error(&widen_all(a.dx.as_ref().unwrap()), &dx_ref) <= 1e-6);
     assert!(normwise_error(&widen_all(b.dx.as_ref().unwrap()), &dx_ref) <= 1e-6);
 }
+
+#[test]
+fn half_types_keep_constant_rows_exact_and_nan_contained() {
+    use layernorm::{bf16, f16};
+    fn check<T: layernorm::Element>() {
+        let cols = 37;
+        let b: Vec<T> = (0..cols)
+            .map(|j| from_f64(j as f64 * 0.125 - 2.0))
+            .collect();
+        let mut x: Vec<T> = vec![from_f64(1234.5); 3 * cols];
+        x[2 * cols + 5] = from_f64(f64::NAN);
+        let w = vec![from_f64::<T>(2.0); cols];
+        let (y, _) = layer_norm::forward(&x, cols, Affine::scale_shift(&w, &b), 1e-5, PAR).unwrap();
+        assert_eq!(&y[..cols], &b[..], "{}", T::NAME);
+        assert_eq!(&y[cols..2 * cols], &b[..], "{}", T::NAME);
+        assert!(
+            y[2 * cols..].iter().all(|v| to_f64(*v).is_nan()),
+            "{}",
+            T::NAME
+        );
+    }
+    for kind in layernorm::cpu_info().available {
+        layernorm::with_isa(kind, || {
+            check::<f16>();
+            check::<bf16>();
+            check::<f32>();
+        })
+        .unwrap();
+    }
+}

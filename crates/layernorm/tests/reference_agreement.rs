@@ -187,14 +187,77 @@ fn suite<T: Element>() {
     }
 }
 
+/// Runs `f` once per instruction set this CPU has (scalar, AVX2, AVX-512, NEON).
+fn on_every_isa(f: impl Fn()) {
+    for kind in layernorm::cpu_info().available {
+        layernorm::with_isa(kind, &f).expect("an available ISA");
+    }
+}
+
 #[test]
 fn f32_matches_reference_on_every_length_and_affine() {
-    suite::<f32>();
+    on_every_isa(suite::<f32>);
 }
 
 #[test]
 fn f64_matches_reference_on_every_length_and_affine() {
-    suite::<f64>();
+    on_every_isa(suite::<f64>);
+}
+
+#[test]
+fn f16_matches_reference_on_every_length_and_affine() {
+    on_every_isa(suite::<layernorm::f16>);
+}
+
+#[test]
+fn bf16_matches_reference_on_every_length_and_affine() {
+    on_every_isa(suite::<layernorm::bf16>);
+}
+
+#[test]
+fn every_isa_agrees_with_scalar() {
+    // Each ISA is within ~6u·|y| of the exact result (the suites above), so two ISAs are within
+    // twice that of each other; checked here directly, normwise, against the scalar path.
+    fn agree<T: Element>(cols: usize) {
+        let mut rng = Rand::new(cols as u8);
+        let x: Vec<T> = rng.normals(5 * cols, 3.0, 2.0);
+        let dy: Vec<T> = rng.normals(5 * cols, 0.0, 1.0);
+        let w: Vec<T> = rng.normals(cols, 1.0, 0.5);
+        let run = || {
+            let par = Parallelism::Sequential;
+            let (y, st) = layer_norm::forward(&x, cols, Affine::scale(&w), 1e-5, par).unwrap();
+            let g = layer_norm::backward(&dy, &x, cols, st.as_ref(), Some(&w), GradMask::ALL, par)
+                .unwrap();
+            (
+                widen_all(&y),
+                widen_all(&g.dx.unwrap()),
+                widen_all(&g.dweight.unwrap()),
+            )
+        };
+        let scalar = layernorm::with_isa(layernorm::IsaKind::Scalar, run).unwrap();
+        for kind in layernorm::cpu_info().available {
+            let other = layernorm::with_isa(kind, run).unwrap();
+            let tol = 12.0 * T::UNIT_ROUNDOFF;
+            for (name, a, b) in [
+                ("y", &other.0, &scalar.0),
+                ("dx", &other.1, &scalar.1),
+                ("dweight", &other.2, &scalar.2),
+            ] {
+                // (Rows of one element give y = β = 0 everywhere: equal, and 0/0 normwise.)
+                let err = if a == b { 0.0 } else { normwise_error(a, b) };
+                assert!(
+                    err <= tol,
+                    "{} {kind} vs scalar, cols {cols}: {name} differs by {err:e}",
+                    T::NAME
+                );
+            }
+        }
+    }
+    for cols in LENGTHS {
+        agree::<f32>(cols);
+        agree::<layernorm::f16>(cols);
+        agree::<layernorm::bf16>(cols);
+    }
 }
 
 #[test]
