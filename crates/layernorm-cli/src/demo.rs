@@ -30,18 +30,25 @@ const SENTENCES: [Sentence; 2] = [
 const BATCH_SHAPE: [usize; 3] = [32, 50, 128];
 
 pub fn run() -> Result<()> {
-    println!("Layer Normalization: each token's embedding is normalized on its own,");
-    println!("  y = (x − mean) / √(variance + ε) · γ + β      (ε = 1e-5, γ = 1, β = 0)\n");
+    outln!("Layer Normalization: each token's embedding is normalized on its own,");
+    outln!("  y = (x − mean) / √(variance + ε) · γ + β      (ε = 1e-5, γ = 1, β = 0)\n");
     seed_example()?;
     random_batch()?;
     Ok(())
 }
 
 fn seed_example() -> Result<()> {
-    println!("The seed's example: 2 sentences × 3 words × 2-dim embeddings, shape (2, 3, 2)\n");
-    println!(
+    outln!("The seed's example: 2 sentences × 3 words × 2-dim embeddings, shape (2, 3, 2)\n");
+    outln!(
         "  {:<15} {:<8} {:<14} {:>6} {:>6}   {:<16} {:>6} {:>6}",
-        "sentence", "word", "embedding", "mean", "std", "normalized", "mean", "std"
+        "sentence",
+        "word",
+        "embedding",
+        "mean",
+        "std",
+        "normalized",
+        "mean",
+        "std"
     );
     let layer = LayerNorm::<f32>::new(&[2])?;
     let x: Vec<f32> = SENTENCES
@@ -60,14 +67,14 @@ fn seed_example() -> Result<()> {
             } else {
                 String::new()
             };
-            println!(
+            outln!(
                 "  {:<15} {:<8} [{:>4.2}, {:>4.2}]   {:>6.3} {:>6.3}   [{:>6.3}, {:>6.3}] {:>6.3} {:>6.3}",
                 label, word, before[0], before[1], m0, s0, after[0], after[1], m1, s1
             );
         }
     }
-    println!("\n  Every token ends with mean 0 and std ≈ 1 (a little under 1: ε is added to the");
-    println!("  variance). With only 2 values per token, they become −1 and +1.\n");
+    outln!("\n  Every token ends with mean 0 and std ≈ 1 (a little under 1: ε is added to the");
+    outln!("  variance). With only 2 values per token, they become −1 and +1.\n");
     Ok(())
 }
 
@@ -94,15 +101,17 @@ fn random_batch() -> Result<()> {
     times.sort();
     let median = times[times.len() / 2];
 
-    println!(
+    outln!(
         "A seeded random batch of shape ({b}, {s}, {e}): {} tokens of {e} values\n",
         b * s
     );
-    println!(
+    outln!(
         "  {:<8} {:>22} {:>22}",
-        "", "per-token mean", "per-token std"
+        "",
+        "per-token mean",
+        "per-token std"
     );
-    println!("  {:<8} {:>22} {:>22}", "", "min … max", "min … max");
+    outln!("  {:<8} {:>22} {:>22}", "", "min … max", "min … max");
     for (label, data) in [("before", &x), ("after", &y)] {
         let stats: Vec<(f64, f64)> = data.chunks(e).map(mean_std).collect();
         let range = |f: fn(&(f64, f64)) -> f64| {
@@ -116,10 +125,10 @@ fn random_batch() -> Result<()> {
             });
             format!("{lo:>9.4} … {hi:>8.4}")
         };
-        println!("  {label:<8} {:>22} {:>22}", range(|p| p.0), range(|p| p.1));
+        outln!("  {label:<8} {:>22} {:>22}", range(|p| p.0), range(|p| p.1));
     }
     let bytes = 2.0 * (x.len() * std::mem::size_of::<f32>()) as f64;
-    println!(
+    outln!(
         "\n  forward: {:.1} µs median of 21 runs (first call {:.1} µs), {:.1} GB/s read + written",
         median.as_secs_f64() * 1e6,
         first.as_secs_f64() * 1e6,

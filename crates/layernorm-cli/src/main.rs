@@ -6,6 +6,16 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` that returns an error (instead of panicking) when stdout is closed, as when the
+/// output is piped into `head`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
+mod bench;
 mod demo;
 mod normalize;
 mod npy;
@@ -29,6 +39,59 @@ enum Command {
     Demo,
     /// Normalize an .npy tensor over its trailing dims (ONNX LayerNormalization semantics).
     Normalize(NormalizeArgs),
+    /// Measure forward and backward throughput against a memory copy of the same bytes.
+    Bench(BenchArgs),
+    /// Show the CPU features found and the instruction set the kernels use.
+    Info,
+}
+
+/// Arguments of `layernorm bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A ROWSxCOLS shape to measure (repeatable). Default: 1600x128, 8192x768, 4096x4096,
+    /// 1024x65536.
+    #[arg(long)]
+    pub shape: Vec<String>,
+    /// Element type.
+    #[arg(long, value_enum, default_value_t = BenchDtype::F32)]
+    pub dtype: BenchDtype,
+    /// Threads (default: all the CPU has).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Force an instruction set (scalar, avx2, avx512, neon) instead of the detected one.
+    #[arg(long)]
+    pub isa: Option<String>,
+    /// One JSON object per measurement on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Element types `bench` can measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchDtype {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl BenchDtype {
+    fn name(self) -> &'static str {
+        match self {
+            BenchDtype::F32 => "f32",
+            BenchDtype::F16 => "f16",
+            BenchDtype::Bf16 => "bf16",
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            BenchDtype::F32 => 4,
+            BenchDtype::F16 | BenchDtype::Bf16 => 2,
+        }
+    }
 }
 
 /// Arguments of `layernorm normalize`.
@@ -79,9 +142,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Demo) => demo::run(),
         Some(Command::Normalize(args)) => normalize::run(&args),
+        Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::Info) => info(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, whatever the underlying messages hold.
             let message = format!("{err:#}").replace('\n', " ");
@@ -89,4 +155,34 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether the error is stdout having been closed by the reader (`layernorm info | head`).
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// `layernorm info`: what detection found and what the kernels use.
+fn info() -> anyhow::Result<()> {
+    let cpu = layernorm::cpu_info();
+    outln!("layernorm {}", env!("CARGO_PKG_VERSION"));
+    outln!("instruction set: {}", cpu.selected);
+    let available: Vec<&str> = cpu.available.iter().map(|k| k.name()).collect();
+    outln!("available:       {}", available.join(", "));
+    match &cpu.requested {
+        Some(r) => outln!("LAYERNORM_ISA:   {r}"),
+        None => {
+            outln!("LAYERNORM_ISA:   (not set; scalar, avx2, avx512 or neon force a lower one)")
+        }
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    outln!("threads:         {threads} (rayon's global pool; RAYON_NUM_THREADS overrides)");
+    let features: Vec<String> = cpu
+        .features
+        .iter()
+        .map(|(name, on)| format!("{name}{}", if *on { "+" } else { "-" }))
+        .collect();
+    outln!("cpu features:    {}", features.join(" "));
+    Ok(())
 }

@@ -1,0 +1,272 @@
+//! `layernorm bench`: forward and backward throughput against a memory copy of the same bytes,
+//! measured side by side in the same run.
+//!
+//! Byte model: forward moves 2·rows·cols·size (read x, write y), backward 3·rows·cols·size
+//! (read x and dy, write dx); γ/β, the statistics and dγ/dβ are O(rows + cols) and ignored.
+//! The copy ceiling uses the same threads (a parallel `copy_from_slice` over as many bytes).
+//! Kernel and copy runs alternate, and each figure is the median of its runs, so slow phases
+//! of a shared machine hit both sides of the ratio alike.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use layernorm::{
+    bf16, f16, layer_norm, Affine, Element, GradMask, GradsMut, IsaKind, Parallelism, StatsMut,
+};
+use rayon::prelude::*;
+
+use crate::{BenchArgs, BenchDtype};
+
+/// The shapes measured when none are given.
+const DEFAULT_SHAPES: [(usize, usize); 4] = [(1600, 128), (8192, 768), (4096, 4096), (1024, 65536)];
+
+/// Each measurement runs at least this long and at least `MIN_RUNS` times.
+const MIN_TIME: Duration = Duration::from_millis(300);
+const MIN_RUNS: usize = 5;
+
+/// One line of the report.
+struct Row {
+    op: &'static str,
+    variant: &'static str,
+    rows: usize,
+    cols: usize,
+    bytes: f64,
+    seconds: f64,
+    copy_seconds: f64,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let shapes = if args.shape.is_empty() {
+        DEFAULT_SHAPES.to_vec()
+    } else {
+        args.shape
+            .iter()
+            .map(|s| parse_shape(s))
+            .collect::<Result<_>>()?
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let isa = match args.isa.as_deref() {
+        None => layernorm::cpu_info().selected,
+        Some(name) => layernorm::cpu_info()
+            .available
+            .into_iter()
+            .find(|k| k.name() == name)
+            .with_context(|| {
+                format!(
+                    "instruction set {name:?} is not available on this CPU (see `layernorm info`)"
+                )
+            })?,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start the thread pool")?;
+
+    let progress = ProgressBar::new((shapes.len() * 4) as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    let dtype = args.dtype.name();
+    if !args.json {
+        outln!(
+            "layernorm bench: {dtype}, {threads} thread(s), isa {isa}; byte model: forward 2·rows·cols·{size}, backward 3·rows·cols·{size}",
+            size = args.dtype.size()
+        );
+        outln!(
+            "\n{:>12} {:>9} {:>6} {:>9} {:>10} {:>10} {:>7}",
+            "shape",
+            "op",
+            "variant",
+            "MiB",
+            "GB/s",
+            "copy GB/s",
+            "ratio"
+        );
+    }
+    for &(rows, cols) in &shapes {
+        progress.set_message(format!("{rows}×{cols}"));
+        let report = pool.install(|| {
+            layernorm::with_isa(isa, || match args.dtype {
+                BenchDtype::F32 => measure::<f32>(rows, cols, &progress),
+                BenchDtype::F16 => measure::<f16>(rows, cols, &progress),
+                BenchDtype::Bf16 => measure::<bf16>(rows, cols, &progress),
+            })
+            .expect("an available ISA")
+        })?;
+        for row in report {
+            print_row(&row, dtype, threads, isa, args.json)?;
+        }
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
+fn print_row(row: &Row, dtype: &str, threads: usize, isa: IsaKind, json: bool) -> Result<()> {
+    let gbps = row.bytes / row.seconds / 1e9;
+    let copy_gbps = row.bytes / row.copy_seconds / 1e9;
+    let ratio = gbps / copy_gbps;
+    if json {
+        let object = serde_json::json!({
+            "op": row.op, "variant": row.variant, "dtype": dtype, "rows": row.rows, "cols": row.cols,
+            "threads": threads, "isa": isa.name(), "bytes": row.bytes, "seconds": row.seconds,
+            "gbps": gbps, "copy_gbps": copy_gbps, "ratio": ratio,
+        });
+        outln!("{object}");
+    } else {
+        let shape = format!("{}×{}", row.rows, row.cols);
+        let mib = row.bytes / (1024.0 * 1024.0);
+        outln!(
+            "{shape:>12} {:>9} {:>6} {mib:>9.1} {gbps:>10.1} {copy_gbps:>10.1} {ratio:>7.2}",
+            row.op,
+            row.variant
+        );
+    }
+    Ok(())
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize)> {
+    let parsed = s
+        .split_once(['x', 'X', '×'])
+        .and_then(|(r, c)| Some((r.trim().parse().ok()?, c.trim().parse().ok()?)));
+    match parsed {
+        Some((r, c)) if r > 0 && c > 0 => Ok((r, c)),
+        _ => bail!("--shape {s:?}: expected ROWSxCOLS with both at least 1, like 8192x768"),
+    }
+}
+
+/// Median time of `f` over at least `MIN_RUNS` runs and `MIN_TIME`, alternating with `g`;
+/// returns both medians.
+fn side_by_side(mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
+    // One untimed round of each: page faults and first-touch belong to neither.
+    f();
+    g();
+    let (mut tf, mut tg) = (vec![], vec![]);
+    let start = Instant::now();
+    while tf.len() < MIN_RUNS || start.elapsed() < MIN_TIME {
+        let t = Instant::now();
+        f();
+        tf.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        g();
+        tg.push(t.elapsed().as_secs_f64());
+    }
+    (median(tf), median(tg))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A parallel copy over the current pool, in chunks as the kernels split rows.
+fn parallel_copy<T: Copy + Send + Sync>(src: &[T], dst: &mut [T]) {
+    const CHUNK: usize = 1 << 16;
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Result<Vec<Row>> {
+    let n = rows
+        .checked_mul(cols)
+        .filter(|n| n.checked_mul(8).is_some())
+        .context("shape too large")?;
+    let size = std::mem::size_of::<T>() as f64;
+    let par = Parallelism::Rayon;
+    let eps = 1e-5;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f64 / (1u64 << 24) as f64 * 4.0 - 2.0
+    };
+    let to_t = |v: f64| T::narrow(<T::Compute as layernorm::Float>::from_f64(v));
+    let x: Vec<T> = (0..n).map(|_| to_t(1.0 + next())).collect();
+    let dy: Vec<T> = (0..n).map(|_| to_t(next())).collect();
+    let w: Vec<T> = (0..cols).map(|_| to_t(1.0 + 0.1 * next())).collect();
+    let b: Vec<T> = (0..cols).map(|_| to_t(0.1 * next())).collect();
+    let affine = Affine::scale_shift(&w, &b);
+    let zero = <T::Compute as layernorm::Float>::ZERO;
+    let (mut y, mut mean, mut rstd) = (vec![T::default(); n], vec![zero; rows], vec![zero; rows]);
+    let (mut dx, mut dw, mut db) = (
+        vec![T::default(); n],
+        vec![T::default(); cols],
+        vec![T::default(); cols],
+    );
+    let fwd_bytes = 2.0 * n as f64 * size;
+    let bwd_bytes = 3.0 * n as f64 * size;
+    let mut copy_dst = vec![T::default(); n + n / 2];
+    let copy_src: Vec<T> = x.iter().chain(&dy[..n / 2]).copied().collect();
+
+    let mut out = vec![];
+    let mut record = |op, variant, bytes, (seconds, copy_seconds)| {
+        out.push(Row {
+            op,
+            variant,
+            rows,
+            cols,
+            bytes,
+            seconds,
+            copy_seconds,
+        });
+        progress.inc(1);
+    };
+
+    let mut copy_f = vec![T::default(); n];
+    let fwd_copy = |dst: &mut [T]| parallel_copy(&x, dst);
+    let t = side_by_side(
+        || {
+            let stats = StatsMut {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            };
+            layer_norm::forward_into(&x, cols, affine, eps, &mut y, Some(stats), par)
+                .expect("valid");
+        },
+        || fwd_copy(&mut copy_f),
+    );
+    record("forward", "into", fwd_bytes, t);
+    let t = side_by_side(
+        || {
+            let out = layer_norm::forward(&x, cols, affine, eps, par).expect("valid");
+            std::hint::black_box(out);
+        },
+        || fwd_copy(&mut copy_f),
+    );
+    record("forward", "alloc", fwd_bytes, t);
+
+    let stats = layernorm::StatsRef {
+        mean: &mean,
+        rstd: &rstd,
+    };
+    let t = side_by_side(
+        || {
+            let grads = GradsMut {
+                dx: Some(&mut dx),
+                dweight: Some(&mut dw),
+                dbias: Some(&mut db),
+            };
+            layer_norm::backward_into(&dy, &x, cols, stats, Some(&w), grads, par).expect("valid");
+        },
+        || parallel_copy(&copy_src, &mut copy_dst),
+    );
+    record("backward", "into", bwd_bytes, t);
+    let t = side_by_side(
+        || {
+            let g = layer_norm::backward(&dy, &x, cols, stats, Some(&w), GradMask::ALL, par)
+                .expect("valid");
+            std::hint::black_box(g);
+        },
+        || parallel_copy(&copy_src, &mut copy_dst),
+    );
+    record("backward", "alloc", bwd_bytes, t);
+    Ok(out)
+}
