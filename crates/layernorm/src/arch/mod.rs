@@ -67,6 +67,29 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn store_bf16(self, dst: &mut [bf16], v: Self::F32);
 }
 
+/// Asks the CPU to start loading `data` into L1 (a hint: it never faults and may be ignored).
+/// The kernels call it for the next row while they work on the current one, so the memory
+/// stream keeps flowing through the row's arithmetic.
+#[inline(always)]
+pub(crate) fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(data);
+        let base = data.as_ptr().cast::<i8>();
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: `base + offset` lies inside `data` (offset < its size); prefetch needs
+            // only SSE, part of the x86-64 baseline, and never faults.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    base.add(offset),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 /// A storage type with vector loads and stores: f32, f16 and bf16 (all computed in f32).
 pub(crate) trait Storage: Copy + Default + Send + Sync + 'static {
     fn load<S: Simd>(simd: S, src: &[Self]) -> S::F32;

@@ -14,7 +14,7 @@
 //! A row's reduction order depends only on its length: full vectors from the start, then the
 //! few remaining elements one by one. Pass 2 reads the row from L1/L2, where pass 1 left it. Rows that need the f64 path (see `portable.rs`) are handed to the portable kernel.
 
-use crate::arch::{Simd, Storage, WithSimd};
+use crate::arch::{prefetch, Simd, Storage, WithSimd};
 use crate::dtype::{to_f64, Element};
 
 use super::portable::{self, in_safe_range, RowGrads, RowStats};
@@ -22,6 +22,9 @@ use super::{BackwardBlock, ForwardBlock};
 
 /// Largest vector width of any ISA, in f32 lanes (tails are staged in buffers this long).
 const MAX_LANES: usize = 16;
+
+/// How many rows ahead the forward kernel prefetches its input.
+const PREFETCH_ROWS: usize = 2;
 
 /// A forward block, to run with an ISA.
 pub(crate) struct Forward<'a, T: Element>(pub ForwardBlock<'a, T>);
@@ -36,8 +39,13 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
     fn with_simd<S: Simd>(self, s: S) {
         let mut block = self.0;
         let cols = block.cols;
-        for r in 0..block.rows() {
+        let rows = block.rows();
+        for r in 0..rows {
             let span = r * cols..(r + 1) * cols;
+            if r + PREFETCH_ROWS < rows {
+                let ahead = span.start + PREFETCH_ROWS * cols;
+                prefetch(&block.x[ahead..ahead + cols]);
+            }
             let x = &block.x[span.clone()];
             let stats = row_stats(s, x, block.eps);
             let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
