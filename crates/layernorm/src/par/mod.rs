@@ -48,11 +48,13 @@ impl Blocks {
     }
 
     /// Blocks for a walk that reduces `partials_per_col` values per column and block: at most
-    /// [`MAX_BLOCKS`], and few enough that the partials fit in [`PARTIAL_BUDGET`].
+    /// [`MAX_BLOCKS`], few enough that the partials fit in [`PARTIAL_BUDGET`], and each at
+    /// least [`LEAF_ELEMS`] elements, so a small problem is not drowned in partials to zero
+    /// and combine.
     pub fn for_reduction(rows: usize, cols: usize, partials_per_col: usize) -> Self {
         let by_budget = PARTIAL_BUDGET / (cols * partials_per_col.max(1)).max(1);
         let max_blocks = by_budget.clamp(1, MAX_BLOCKS);
-        let block_rows = rows.div_ceil(max_blocks).max(1);
+        let block_rows = rows.div_ceil(max_blocks).max(LEAF_ELEMS / cols).max(1);
         Blocks { rows, block_rows }
     }
 

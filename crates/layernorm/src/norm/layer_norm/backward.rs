@@ -120,20 +120,22 @@ pub fn backward_into<T: Element>(
         T::backward_block(isa, block)
     });
 
-    // Combine the block partials in block order: the result does not depend on threads.
-    let reduce = |offset: usize, out: &mut [T]| {
-        for (j, out) in out.iter_mut().enumerate() {
-            let sum = partials
-                .chunks_exact(partial_len)
-                .fold(0.0, |acc, block| acc + block[offset + j]);
-            *out = T::narrow(T::Compute::from_f64(sum));
+    // Combine the block partials in block order, into the first block's (so every column is
+    // p0 + p1 + p2 + …, whatever the threads): the result does not depend on threads.
+    let first_len = partial_len.min(partials.len());
+    let (first, rest) = partials.split_at_mut(first_len);
+    for block in rest.chunks_exact(partial_len.max(1)) {
+        for (acc, v) in first.iter_mut().zip(block) {
+            *acc += v;
         }
-    };
+    }
+    let narrow = |v: &f64| T::narrow(T::Compute::from_f64(*v));
+    let (dw_sum, db_sum) = first.split_at(if want_dw { cols } else { 0 });
     if let Some(dw) = grads.dweight {
-        reduce(0, dw);
+        dw.iter_mut().zip(dw_sum).for_each(|(o, v)| *o = narrow(v));
     }
     if let Some(db) = grads.dbias {
-        reduce(if want_dw { cols } else { 0 }, db);
+        db.iter_mut().zip(db_sum).for_each(|(o, v)| *o = narrow(v));
     }
     Ok(())
 }
