@@ -23,6 +23,8 @@ use crate::par::{split_opt, RowSplit};
 pub struct ForwardBlock<'a, T: Element> {
     pub(crate) cols: usize,
     pub(crate) eps: f64,
+    /// Write y with non-temporal stores (the output is too large to stay in cache).
+    pub(crate) stream: bool,
     pub(crate) weight: Option<&'a [T]>,
     pub(crate) bias: Option<&'a [T]>,
     pub(crate) x: &'a [T],
@@ -38,9 +40,11 @@ impl<T: Element> RowSplit for ForwardBlock<'_, T> {
         let (m0, m1) = split_opt(self.mean, at);
         let (s0, s1) = split_opt(self.rstd, at);
         let (cols, eps, weight, bias) = (self.cols, self.eps, self.weight, self.bias);
+        let stream = self.stream;
         let piece = |x, y, mean, rstd| ForwardBlock {
             cols,
             eps,
+            stream,
             weight,
             bias,
             x,

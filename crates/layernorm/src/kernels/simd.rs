@@ -23,8 +23,14 @@ use super::{BackwardBlock, ForwardBlock};
 /// Largest vector width of any ISA, in f32 lanes (tails are staged in buffers this long).
 const MAX_LANES: usize = 16;
 
-/// How many rows ahead the forward kernel prefetches its input.
-const PREFETCH_ROWS: usize = 2;
+/// Rows up to this many bytes are prefetched one row ahead; longer rows are long enough
+/// streams for the hardware prefetcher, and prefetching them whole would overflow L1.
+const PREFETCH_MAX_BYTES: usize = 32 << 10;
+
+#[inline(always)]
+fn prefetches<T>(cols: usize, _: &[T]) -> bool {
+    cols * std::mem::size_of::<T>() <= PREFETCH_MAX_BYTES
+}
 
 /// A forward block, to run with an ISA.
 pub(crate) struct Forward<'a, T: Element>(pub ForwardBlock<'a, T>);
@@ -42,19 +48,17 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
         let rows = block.rows();
         for r in 0..rows {
             let span = r * cols..(r + 1) * cols;
-            if r + PREFETCH_ROWS < rows {
-                let ahead = span.start + PREFETCH_ROWS * cols;
-                prefetch(&block.x[ahead..ahead + cols]);
+            if r + 1 < rows && prefetches(cols, block.x) {
+                prefetch(&block.x[span.end..span.end + cols]);
             }
             let x = &block.x[span.clone()];
             let stats = row_stats(s, x, block.eps);
             let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
                 let y = &mut block.y[span];
-                match (block.weight, block.bias) {
-                    (None, None) => normalize::<S, T, false, false>(s, x, &[], &[], stats, y),
-                    (Some(w), None) => normalize::<S, T, true, false>(s, x, w, &[], stats, y),
-                    (None, Some(b)) => normalize::<S, T, false, true>(s, x, &[], b, stats, y),
-                    (Some(w), Some(b)) => normalize::<S, T, true, true>(s, x, w, b, stats, y),
+                if block.stream {
+                    normalize_affine::<S, T, true>(s, x, block.weight, block.bias, stats, y);
+                } else {
+                    normalize_affine::<S, T, false>(s, x, block.weight, block.bias, stats, y);
                 }
                 stats
             } else {
@@ -63,6 +67,26 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
             };
             block.save_stats(r, stats);
         }
+        if block.stream {
+            s.fence();
+        }
+    }
+}
+
+#[inline(always)]
+fn normalize_affine<S: Simd, T: Storage + Element<Compute = f32>, const NT: bool>(
+    s: S,
+    x: &[T],
+    weight: Option<&[T]>,
+    bias: Option<&[T]>,
+    stats: RowStats,
+    y: &mut [T],
+) {
+    match (weight, bias) {
+        (None, None) => normalize::<S, T, false, false, NT>(s, x, &[], &[], stats, y),
+        (Some(w), None) => normalize::<S, T, true, false, NT>(s, x, w, &[], stats, y),
+        (None, Some(b)) => normalize::<S, T, false, true, NT>(s, x, &[], b, stats, y),
+        (Some(w), Some(b)) => normalize::<S, T, true, true, NT>(s, x, w, b, stats, y),
     }
 }
 
@@ -133,9 +157,16 @@ fn split_mean(mean: f64) -> (f32, f32) {
     (hi, (mean - f64::from(hi)) as f32)
 }
 
-/// Pass 3: `y = ((x − hi) − lo)·rstd·γ + β`, with γ/β present as the flags say.
+/// Pass 2: `y = ((x − hi) − lo)·rstd·γ + β`, with γ/β present as the flags say, and
+/// non-temporal stores if `NT`.
 #[inline(always)]
-fn normalize<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const B: bool>(
+fn normalize<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    const W: bool,
+    const B: bool,
+    const NT: bool,
+>(
     s: S,
     x: &[T],
     weight: &[T],
@@ -178,7 +209,12 @@ fn normalize<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const 
         } else {
             None
         };
-        T::store(s, &mut y[i..], apply(s, c, T::load(s, &x[i..]), wv, bv));
+        let v = apply(s, c, T::load(s, &x[i..]), wv, bv);
+        if NT {
+            T::stream(s, &mut y[i..], v);
+        } else {
+            T::store(s, &mut y[i..], v);
+        }
         i += l;
     }
     if i < n {
@@ -219,8 +255,13 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for Backward<'_, T> {
             block.want_dbias.then_some(db),
         );
         let weight = block.weight;
-        for r in 0..block.mean.len() {
+        let rows = block.mean.len();
+        for r in 0..rows {
             let span = r * cols..(r + 1) * cols;
+            if r + 1 < rows && prefetches(cols, block.x) {
+                prefetch(&block.x[span.end..span.end + cols]);
+                prefetch(&block.dy[span.end..span.end + cols]);
+            }
             let (x, dy) = (&block.x[span.clone()], &block.dy[span.clone()]);
             let dx = block.dx.as_deref_mut().map(|dx| &mut dx[span]);
             let (mean, rstd) = (f64::from(block.mean[r]), f64::from(block.rstd[r]));

@@ -131,6 +131,21 @@ impl Simd for Avx2 {
         unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) }
     }
     #[inline(always)]
+    fn stream_f32(self, dst: &mut [f32], v: __m256) {
+        let dst = &mut dst[..8];
+        if (dst.as_ptr() as usize).is_multiple_of(32) {
+            // SAFETY: see the impl comment; the pointer is 32-byte aligned, as required.
+            unsafe { _mm256_stream_ps(dst.as_mut_ptr(), v) }
+        } else {
+            self.store_f32(dst, v)
+        }
+    }
+    #[inline(always)]
+    fn fence(self) {
+        // SAFETY: see the impl comment (sfence is SSE, part of the baseline).
+        unsafe { _mm_sfence() }
+    }
+    #[inline(always)]
     fn load_f16(self, src: &[f16]) -> __m256 {
         let src = &src[..8];
         // SAFETY: see the impl comment; f16 is a transparent u16, 8 of them are 16 bytes.

@@ -137,6 +137,21 @@ impl Simd for Avx512 {
         unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
     }
     #[inline(always)]
+    fn stream_f32(self, dst: &mut [f32], v: __m512) {
+        let dst = &mut dst[..16];
+        if (dst.as_ptr() as usize).is_multiple_of(64) {
+            // SAFETY: see the impl comment; the pointer is 64-byte aligned, as required.
+            unsafe { _mm512_stream_ps(dst.as_mut_ptr(), v) }
+        } else {
+            self.store_f32(dst, v)
+        }
+    }
+    #[inline(always)]
+    fn fence(self) {
+        // SAFETY: see the impl comment (sfence is SSE, part of the baseline).
+        unsafe { _mm_sfence() }
+    }
+    #[inline(always)]
     fn load_f16(self, src: &[f16]) -> __m512 {
         let src = &src[..16];
         // SAFETY: see the impl comment; 16 f16 (transparent u16) are 32 bytes.

@@ -45,7 +45,7 @@ pub fn backward<T: Element>(
     par: Parallelism,
 ) -> Result<Gradients<T>> {
     let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let buffer = |wanted: bool, len: usize| wanted.then(|| vec![T::default(); len]);
+    let buffer = |wanted: bool, len: usize| wanted.then(|| arch::filled_vec(len));
     let mut grads = Gradients {
         dx: buffer(mask.input, x.len()),
         dweight: buffer(mask.weight, shape.cols),

@@ -40,7 +40,7 @@ pub fn forward<T: Element>(
     par: Parallelism,
 ) -> Result<(Vec<T>, Stats<T::Compute>)> {
     let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let mut y = vec![T::default(); x.len()];
+    let mut y = arch::filled_vec(x.len());
     let mut stats = Stats {
         mean: vec![T::Compute::ZERO; shape.rows],
         rstd: vec![T::Compute::ZERO; shape.rows],
@@ -87,6 +87,7 @@ pub fn forward_into<T: Element>(
     let work = ForwardBlock {
         cols: shape.cols,
         eps,
+        stream: std::mem::size_of_val(y) >= *arch::STREAM_MIN_BYTES,
         weight: affine.weight,
         bias: affine.bias,
         x,
