@@ -8,7 +8,9 @@
 
 use divan::counter::BytesCount;
 use divan::Bencher;
-use layernorm::{bf16, layer_norm, Affine, Element, Float, GradsMut, IsaKind, Parallelism, StatsRef};
+use layernorm::{
+    bf16, layer_norm, Affine, Element, Float, GradsMut, IsaKind, Parallelism, StatsRef,
+};
 
 fn main() {
     divan::main();
@@ -28,7 +30,9 @@ fn data<T: Element>(n: usize, seed: u64) -> Vec<T> {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            T::narrow(T::Compute::from_f64((s >> 40) as f64 / (1u64 << 24) as f64 * 4.0 - 1.0))
+            T::narrow(T::Compute::from_f64(
+                (s >> 40) as f64 / (1u64 << 24) as f64 * 4.0 - 1.0,
+            ))
         })
         .collect()
 }
@@ -37,12 +41,22 @@ fn forward<T: Element>(bencher: Bencher, isa: IsaKind, (rows, cols): (usize, usi
     let n = rows * cols;
     let (x, w, b) = (data::<T>(n, 1), data::<T>(cols, 2), data::<T>(cols, 3));
     let mut y = vec![T::default(); n];
-    bencher.counter(BytesCount::new(2 * n * size_of::<T>())).bench_local(|| {
-        layernorm::with_isa(isa, || {
-            let affine = Affine::scale_shift(&w, &b);
-            layer_norm::forward_into(&x, cols, affine, 1e-5, &mut y, None, Parallelism::Sequential)
-        })
-    });
+    bencher
+        .counter(BytesCount::new(2 * n * size_of::<T>()))
+        .bench_local(|| {
+            layernorm::with_isa(isa, || {
+                let affine = Affine::scale_shift(&w, &b);
+                layer_norm::forward_into(
+                    &x,
+                    cols,
+                    affine,
+                    1e-5,
+                    &mut y,
+                    None,
+                    Parallelism::Sequential,
+                )
+            })
+        });
 }
 
 fn backward<T: Element>(bencher: Bencher, isa: IsaKind, (rows, cols): (usize, usize)) {
@@ -50,14 +64,27 @@ fn backward<T: Element>(bencher: Bencher, isa: IsaKind, (rows, cols): (usize, us
     let (x, dy, w) = (data::<T>(n, 1), data::<T>(n, 4), data::<T>(cols, 2));
     let par = Parallelism::Sequential;
     let (_, stats) = layer_norm::forward(&x, cols, Affine::scale(&w), 1e-5, par).unwrap();
-    let (mut dx, mut dw, mut db) = (vec![T::default(); n], vec![T::default(); cols], vec![T::default(); cols]);
-    bencher.counter(BytesCount::new(3 * n * size_of::<T>())).bench_local(|| {
-        layernorm::with_isa(isa, || {
-            let grads = GradsMut { dx: Some(&mut dx), dweight: Some(&mut dw), dbias: Some(&mut db) };
-            let stats = StatsRef { mean: &stats.mean, rstd: &stats.rstd };
-            layer_norm::backward_into(&dy, &x, cols, stats, Some(&w), grads, par)
-        })
-    });
+    let (mut dx, mut dw, mut db) = (
+        vec![T::default(); n],
+        vec![T::default(); cols],
+        vec![T::default(); cols],
+    );
+    bencher
+        .counter(BytesCount::new(3 * n * size_of::<T>()))
+        .bench_local(|| {
+            layernorm::with_isa(isa, || {
+                let grads = GradsMut {
+                    dx: Some(&mut dx),
+                    dweight: Some(&mut dw),
+                    dbias: Some(&mut db),
+                };
+                let stats = StatsRef {
+                    mean: &stats.mean,
+                    rstd: &stats.rstd,
+                };
+                layer_norm::backward_into(&dy, &x, cols, stats, Some(&w), grads, par)
+            })
+        });
 }
 
 #[divan::bench(args = isas(), consts = [0, 1, 2])]
