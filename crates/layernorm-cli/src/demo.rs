@@ -6,34 +6,13 @@ use std::time::Instant;
 use anyhow::Result;
 use layernorm::LayerNorm;
 
-/// One student's sentence: its words and their 2-dim embeddings.
-struct Sentence {
-    text: &'static str,
-    words: [&'static str; 3],
-    embeddings: [[f32; 2]; 3],
-}
-
-/// The seed's example: two students' sentences, three words each.
-const SENTENCES: [Sentence; 2] = [
-    Sentence {
-        text: "I love AI",
-        words: ["I", "love", "AI"],
-        embeddings: [[0.1, 0.5], [0.3, 0.8], [0.9, 0.4]],
-    },
-    Sentence {
-        text: "AI is amazing",
-        words: ["AI", "is", "amazing"],
-        embeddings: [[0.9, 0.4], [0.2, 0.3], [0.6, 0.7]],
-    },
-];
-
-const BATCH_SHAPE: [usize; 3] = [32, 50, 128];
+use crate::data::{random_batch, BATCH_SHAPE, SENTENCES};
 
 pub fn run() -> Result<()> {
     outln!("Layer Normalization: each token's embedding is normalized on its own,");
     outln!("  y = (x − mean) / √(variance + ε) · γ + β      (ε = 1e-5, γ = 1, β = 0)\n");
     seed_example()?;
-    random_batch()?;
+    batch_example()?;
     Ok(())
 }
 
@@ -78,15 +57,9 @@ fn seed_example() -> Result<()> {
     Ok(())
 }
 
-fn random_batch() -> Result<()> {
+fn batch_example() -> Result<()> {
     let [b, s, e] = BATCH_SHAPE;
-    let mut rng = SplitMix64(0x5eed);
-    // Tokens of different scales and offsets, as a real layer's activations might be.
-    let mut x = Vec::with_capacity(b * s * e);
-    for _ in 0..b * s {
-        let (offset, scale) = (rng.normal() * 3.0, 0.5 + 4.0 * rng.uniform());
-        x.extend((0..e).map(|_| (offset + scale * rng.normal()) as f32));
-    }
+    let x = random_batch(BATCH_SHAPE, 0x5eed);
     let layer = LayerNorm::<f32>::new(&[e])?;
     let start = Instant::now();
     let (y, _) = layer.forward(&x, &BATCH_SHAPE)?;
@@ -134,6 +107,8 @@ fn random_batch() -> Result<()> {
         first.as_secs_f64() * 1e6,
         bytes / median.as_secs_f64() / 1e9
     );
+    outln!("\nNext: `layernorm explain` walks through the four steps with diagrams, and");
+    outln!("`layernorm compare` measures why Transformers prefer LayerNorm to BatchNorm.");
     Ok(())
 }
 
@@ -147,26 +122,4 @@ fn mean_std(v: &[f32]) -> (f64, f64) {
         .sum::<f64>()
         / n;
     (mean, var.sqrt())
-}
-
-/// A small seeded generator, so the demo prints the same batch everywhere.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (1.0 - self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
 }

@@ -16,7 +16,9 @@ macro_rules! outln {
 }
 
 mod bench;
+mod data;
 mod demo;
+mod learn;
 mod normalize;
 mod npy;
 
@@ -43,6 +45,26 @@ enum Command {
     Bench(BenchArgs),
     /// Show the CPU features found and the instruction set the kernels use.
     Info,
+    /// Walk through LayerNorm step by step (the seed's example by default), beside BatchNorm,
+    /// and draw diagrams.
+    Explain {
+        /// A (batch, seq, emb) tensor (.npy) to explain instead of the seed's example.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Folder for the diagrams (SVG and PNG); default: the current folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Measure how a sentence's output depends on its batch and on padding, for LayerNorm and
+    /// BatchNorm; print a table and draw a plot.
+    Compare {
+        /// One JSON object per row on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Folder for the plot (SVG and PNG); default: the current folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Arguments of `layernorm bench`.
@@ -144,6 +166,12 @@ fn main() -> ExitCode {
         Some(Command::Normalize(args)) => normalize::run(&args),
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::Info) => info(),
+        Some(Command::Explain { input, out }) => {
+            learn::explain::run(input.as_deref(), &learn::explain::out_dir(out.as_deref()))
+        }
+        Some(Command::Compare { json, out }) => {
+            learn::compare::run(json, &learn::explain::out_dir(out.as_deref()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

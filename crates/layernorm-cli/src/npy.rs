@@ -157,6 +157,18 @@ pub fn write_npz<W: Write + std::io::Seek>(
     Ok(())
 }
 
+/// A temporary file in `dir`, readable by others as a normally created file would be (the
+/// default for temporary files is owner-only, which a renamed output would keep).
+fn temp_file(dir: &Path) -> std::io::Result<NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    builder.prefix(".layernorm-").tempfile_in(dir)
+}
+
 /// An output being written: a temporary file beside its destination, renamed into place by
 /// [`Staged::commit`], deleted if dropped uncommitted.
 pub struct Staged {
@@ -174,8 +186,8 @@ impl Staged {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let mut temp = NamedTempFile::new_in(dir)
-            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let mut temp =
+            temp_file(dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
         {
             let mut w = BufWriter::new(temp.as_file_mut());
             fill(&mut w).with_context(|| format!("cannot write {}", dest.display()))?;

@@ -368,3 +368,148 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
     assert_clean_failure(&dir, &["normalize", x_in], "--output");
     assert_clean_failure(&dir, &["frobnicate"], "unrecognized subcommand");
 }
+
+/// Checks that a PNG decodes, has the expected size, and has dark (text or line) pixels.
+fn check_png(path: &Path) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert!(
+        info.width >= 400 && info.height >= 200,
+        "{}: {}×{}",
+        path.display(),
+        info.width,
+        info.height
+    );
+    let pixels = &buf[..info.buffer_size()];
+    let dark = pixels
+        .chunks(3)
+        .filter(|p| p.iter().all(|&c| c < 90))
+        .count();
+    assert!(
+        dark > 500,
+        "{}: only {dark} dark pixels: no text drawn?",
+        path.display()
+    );
+}
+
+/// Checks that an SVG parses as XML and holds text.
+fn check_svg(path: &Path, expect: &str) {
+    let text = fs::read_to_string(path).unwrap();
+    let doc =
+        roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let texts: String = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .collect();
+    assert!(
+        texts.contains(expect),
+        "{}: no {expect:?} in its text",
+        path.display()
+    );
+}
+
+#[test]
+fn explain_prints_the_walkthrough_and_writes_the_diagrams() {
+    let dir = Dir::new();
+    let out = layernorm(&["explain", "--out", path_str(dir.0.path())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Step 1") && text.contains("Step 4") && text.contains("BatchNorm"));
+    assert_eq!(
+        dir.files(),
+        [
+            "activations_before_after.png",
+            "activations_before_after.svg",
+            "layernorm_vs_batchnorm.png",
+            "layernorm_vs_batchnorm.svg"
+        ]
+    );
+    for name in dir.files() {
+        assert!(text.contains(&name), "the path of {name} is printed");
+        let path = dir.path(&name);
+        if name.ends_with(".png") {
+            check_png(&path);
+        }
+    }
+    check_svg(
+        &dir.path("layernorm_vs_batchnorm.svg"),
+        "LayerNorm: one token",
+    );
+    check_svg(&dir.path("activations_before_after.svg"), "after LayerNorm");
+}
+
+#[test]
+fn explain_takes_a_tensor_and_rejects_other_ranks() {
+    let dir = Dir::new();
+    let x: Vec<f32> = ramp(2 * 4 * 6, 0.3).iter().map(|&v| v as f32).collect();
+    write_npy(&dir.path("x.npy"), &[2, 4, 6], &x, npyz::Order::C);
+    write_npy(&dir.path("flat.npy"), &[8, 6], &x, npyz::Order::C);
+    let out_dir = dir.path("figs");
+    let out = layernorm(&[
+        "explain",
+        "--input",
+        path_str(&dir.path("x.npy")),
+        "--out",
+        path_str(&out_dir),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("(batch 2, seq 4, emb 6)"));
+    let before = dir.files();
+    let out = layernorm(&[
+        "explain",
+        "--input",
+        path_str(&dir.path("flat.npy")),
+        "--out",
+        path_str(&out_dir),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("expected a (batch, seq, emb) tensor"));
+    assert_eq!(dir.files(), before);
+}
+
+#[test]
+fn compare_json_reports_zero_for_layer_norm_and_change_for_batch_norm() {
+    let dir = Dir::new();
+    let out = layernorm(&["compare", "--json", "--out", path_str(dir.0.path())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 16);
+    for row in &rows {
+        let diff = row["max_abs_diff"].as_f64().unwrap();
+        let setting = row["setting"].as_u64().unwrap();
+        let experiment = row["experiment"].as_str().unwrap();
+        assert!(experiment == "batch_size" || experiment == "padding");
+        let reference = setting == if experiment == "batch_size" { 1 } else { 0 };
+        match row["norm"].as_str().unwrap() {
+            "layer" => assert_eq!(diff, 0.0, "{row}"),
+            "batch" if reference => assert_eq!(diff, 0.0),
+            "batch" => assert!(diff > 0.1, "{row}"),
+            other => panic!("unknown norm {other}"),
+        }
+    }
+    check_png(&dir.path("compare.png"));
+    check_svg(&dir.path("compare.svg"), "BatchNorm");
+}

@@ -47,8 +47,8 @@ pub use arch::{cpu_info, with_isa, CpuInfo, IsaKind};
 pub use dtype::{Element, Float};
 pub use error::{Error, Operand, Result};
 pub use half::{bf16, f16};
-pub use norm::layer_norm;
 pub use norm::layer_norm::{LayerNorm, LayerNormConfig};
+pub use norm::{batch_norm, layer_norm};
 pub use norm::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};
 pub use par::Parallelism;
 

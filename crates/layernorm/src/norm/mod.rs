@@ -1,5 +1,6 @@
 //! The public API: one module per normalization, plus the argument types they share.
 
+pub mod batch_norm;
 pub mod layer_norm;
 mod params;
 
