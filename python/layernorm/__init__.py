@@ -1,0 +1,231 @@
+"""Exact, deterministic Layer Normalization for numpy, with torch.nn.functional semantics.
+
+numpy in, numpy out. The kernels are Rust (AVX-512/AVX2/NEON, chosen at run time), run
+without the GIL on the package's own thread pool, and give the same bits whatever the number
+of threads or Python threads calling at once.
+
+    >>> import numpy as np, layernorm
+    >>> x = np.array([[0.1, 0.5], [0.3, 0.8]], dtype=np.float32)
+    >>> layernorm.layer_norm(x, (2,)).round(3)
+    array([[-1.,  1.],
+           [-1.,  1.]], dtype=float32)
+
+Supported dtypes: float32, float64, float16, and bfloat16 when the ``ml_dtypes`` package is
+installed (``pip install ml_dtypes``). Statistics (mean, rstd) are float32, or float64 for
+float64 input, shaped like PyTorch's ``native_layer_norm`` returns them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _layernorm
+from ._layernorm import (
+    AxisError,
+    DTypeError,
+    EmptyError,
+    EpsilonError,
+    LayerNormError,
+    ShapeError,
+    SizeOverflowError,
+    cpu_info,
+)
+
+__version__ = _layernorm.__version__
+__all__ = [
+    "layer_norm",
+    "layer_norm_backward",
+    "LayerNormalization",
+    "cpu_info",
+    "LayerNormError",
+    "ShapeError",
+    "EpsilonError",
+    "EmptyError",
+    "AxisError",
+    "SizeOverflowError",
+    "DTypeError",
+]
+
+# A forked child has none of the parent's pool threads: drop the pool there, and the next call
+# builds a fresh one.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_layernorm.after_fork_in_child)
+
+_FLOAT_NAMES = ("float32", "float64", "float16", "bfloat16")
+ShapeLike = Union[int, Sequence[int]]
+
+
+def _normalized(normalized_shape: ShapeLike) -> Tuple[int, ...]:
+    if isinstance(normalized_shape, (int, np.integer)):
+        return (int(normalized_shape),)
+    bad = TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
+    if isinstance(normalized_shape, (str, bytes)):
+        raise bad
+    try:
+        shape = tuple(int(d) for d in normalized_shape)
+    except (TypeError, ValueError):
+        raise bad from None
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"normalized_shape {shape} has a negative dimension")
+    return shape
+
+
+def _float_array(a, what: str) -> np.ndarray:
+    """A C-contiguous float array (copied only when needed); other dtypes are rejected."""
+    if not isinstance(a, np.ndarray):
+        raise DTypeError(f"{what} must be a numpy array, got {type(a).__name__}")
+    if a.dtype.name not in _FLOAT_NAMES:
+        raise DTypeError(
+            f"{what} has dtype {a.dtype.name}; expected float32, float64, float16 or bfloat16"
+        )
+    # (np.ascontiguousarray would also turn a 0-d array into a 1-d one.)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _stats_dtype(x: np.ndarray):
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
+def _stats_shape(x: np.ndarray, k: int) -> Tuple[int, ...]:
+    return tuple(x.shape[: x.ndim - k]) + (1,) * k
+
+
+def layer_norm(
+    x: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    *,
+    return_stats: bool = False,
+    out: Optional[np.ndarray] = None,
+):
+    """Layer Normalization over the trailing ``normalized_shape`` dims, as
+    ``torch.nn.functional.layer_norm``: ``y = (x - mean) / sqrt(var + eps) * weight + bias``,
+    with the biased variance of each row.
+
+    Returns ``y`` (an array like ``x``), or ``(y, mean, rstd)`` with ``return_stats=True``,
+    where ``mean`` and ``rstd = 1/sqrt(var + eps)`` have shape ``x.shape[:-k] + (1,)*k``.
+    ``out``, if given, must be a C-contiguous array of x's shape and dtype; it is filled and
+    returned as ``y``. ``weight`` and ``bias`` must have x's dtype and ``normalized_shape``.
+
+    Raises ``ShapeError``, ``EpsilonError``, ``EmptyError`` (all ``ValueError``) and
+    ``DTypeError`` (a ``TypeError``) on bad input.
+    """
+    shape = _normalized(normalized_shape)
+    x = _float_array(x, "x")
+    w = None if weight is None else _float_array(weight, "weight")
+    b = None if bias is None else _float_array(bias, "bias")
+    if out is not None and not isinstance(out, np.ndarray):
+        raise DTypeError(f"out must be a numpy array, got {type(out).__name__}")
+    y, mean, rstd = _layernorm.layer_norm_forward(x, list(shape), w, b, float(eps), out)
+    if not return_stats:
+        return y
+    k = len(shape)
+    return y, mean.reshape(_stats_shape(x, k)), rstd.reshape(_stats_shape(x, k))
+
+
+def layer_norm_backward(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    output_mask: Tuple[bool, bool, bool] = (True, True, True),
+):
+    """Gradients of :func:`layer_norm`, as ``torch.ops.aten.native_layer_norm_backward``:
+    returns ``(dx, dweight, dbias)``, each ``None`` where masked out (``output_mask``) or
+    where the forward had no weight / bias.
+
+    ``mean`` and ``rstd`` are the statistics ``layer_norm(..., return_stats=True)`` returned
+    (or PyTorch's); the exact mean is recovered from ``x``, so a rounded float32 mean costs no
+    accuracy. ``bias`` is only used to know whether ``dbias`` is wanted.
+    """
+    shape = _normalized(normalized_shape)
+    x = _float_array(x, "x")
+    grad_out = _float_array(grad_out, "grad_out")
+    stats = _stats_dtype(x)
+    mean = np.ascontiguousarray(np.asarray(mean), dtype=stats).reshape(-1)
+    rstd = np.ascontiguousarray(np.asarray(rstd), dtype=stats).reshape(-1)
+    w = None if weight is None else _float_array(weight, "weight")
+    want = (bool(output_mask[0]), bool(output_mask[1]) and w is not None, bool(output_mask[2]) and bias is not None)
+    dx, dw, db = _layernorm.layer_norm_backward(grad_out, x, mean, rstd, list(shape), w, want)
+    if dw is not None:
+        dw = dw.reshape(shape)
+    if db is not None:
+        db = db.reshape(shape)
+    return dx, dw, db
+
+
+class LayerNormalization:
+    """A Keras-like ``LayerNormalization`` layer: ``LayerNormalization()`` normalizes the
+    last axis with ``epsilon=1e-3``, a learnable ``gamma`` (ones) and ``beta`` (zeros), as
+    ``tf.keras.layers.LayerNormalization`` does.
+
+    ``axis`` is an int or a list of axes; they must be the trailing axes of the input (Keras'
+    non-trailing axes are not supported yet). ``gamma``/``beta`` are created on the first
+    call, with the normalized axes' shape and the input's dtype. After ``y = layer(x)``,
+    ``layer.backward(grad_y)`` returns ``dx`` and stores ``gamma_grad`` and ``beta_grad``.
+    """
+
+    def __init__(self, axis: ShapeLike = -1, epsilon: float = 1e-3, center: bool = True, scale: bool = True):
+        self.axis = axis
+        self.epsilon = float(epsilon)
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.gamma: Optional[np.ndarray] = None
+        self.beta: Optional[np.ndarray] = None
+        self.gamma_grad: Optional[np.ndarray] = None
+        self.beta_grad: Optional[np.ndarray] = None
+        self._saved = None
+
+    def _normalized_shape(self, x: np.ndarray) -> Tuple[int, ...]:
+        axes = [self.axis] if isinstance(self.axis, (int, np.integer)) else list(self.axis)
+        if not axes:
+            raise EmptyError("axis is empty: nothing to normalize over")
+        resolved = []
+        for a in axes:
+            a = int(a)
+            if not -x.ndim <= a < x.ndim:
+                raise AxisError(f"axis {a} is out of range for an input of rank {x.ndim}")
+            resolved.append(a % x.ndim)
+        resolved = sorted(set(resolved))
+        if resolved != list(range(x.ndim - len(resolved), x.ndim)):
+            raise NotImplementedError(
+                f"axis {self.axis!r}: only trailing axes are supported (got {resolved} for rank {x.ndim})"
+            )
+        return tuple(x.shape[resolved[0]:])
+
+    def build(self, x: np.ndarray) -> None:
+        shape = self._normalized_shape(x)
+        if self.scale and self.gamma is None:
+            self.gamma = np.ones(shape, dtype=x.dtype)
+        if self.center and self.beta is None:
+            self.beta = np.zeros(shape, dtype=x.dtype)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = _float_array(x, "x")
+        self.build(x)
+        shape = self._normalized_shape(x)
+        y, mean, rstd = layer_norm(x, shape, self.gamma, self.beta, self.epsilon, return_stats=True)
+        self._saved = (x, mean, rstd, shape)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        if self._saved is None:
+            raise RuntimeError("backward() needs a forward call first")
+        x, mean, rstd, shape = self._saved
+        dx, dg, db = layer_norm_backward(grad_out, x, mean, rstd, shape, self.gamma, self.beta)
+        self.gamma_grad, self.beta_grad = dg, db
+        return dx
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerNormalization(axis={self.axis!r}, epsilon={self.epsilon}, "
+            f"center={self.center}, scale={self.scale})"
+        )

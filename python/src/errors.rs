@@ -1,0 +1,78 @@
+//! Each core error variant becomes its own Python exception class, all subclasses of
+//! `LayerNormError` (itself a `ValueError`), so callers can catch precisely or broadly.
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+create_exception!(
+    layernorm,
+    LayerNormError,
+    PyValueError,
+    "Base class of layernorm's value errors."
+);
+create_exception!(
+    layernorm,
+    ShapeError,
+    LayerNormError,
+    "An array has the wrong shape or length."
+);
+create_exception!(
+    layernorm,
+    EpsilonError,
+    LayerNormError,
+    "eps is not finite or too small."
+);
+create_exception!(
+    layernorm,
+    EmptyError,
+    LayerNormError,
+    "An array or the normalized shape is empty."
+);
+create_exception!(
+    layernorm,
+    AxisError,
+    LayerNormError,
+    "An axis is out of range."
+);
+create_exception!(
+    layernorm,
+    SizeOverflowError,
+    LayerNormError,
+    "A shape's element count overflows."
+);
+create_exception!(
+    layernorm,
+    DTypeError,
+    PyTypeError,
+    "An array has an unsupported dtype."
+);
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("LayerNormError", py.get_type::<LayerNormError>())?;
+    m.add("ShapeError", py.get_type::<ShapeError>())?;
+    m.add("EpsilonError", py.get_type::<EpsilonError>())?;
+    m.add("EmptyError", py.get_type::<EmptyError>())?;
+    m.add("AxisError", py.get_type::<AxisError>())?;
+    m.add("SizeOverflowError", py.get_type::<SizeOverflowError>())?;
+    m.add("DTypeError", py.get_type::<DTypeError>())?;
+    Ok(())
+}
+
+/// The exception for a core error.
+pub fn to_py(err: layernorm::Error) -> PyErr {
+    use layernorm::Error as E;
+    let msg = err.to_string();
+    match err {
+        E::LengthMismatch { .. }
+        | E::RaggedInput { .. }
+        | E::ShapeMismatch { .. }
+        | E::NormalizedShapeMismatch { .. } => ShapeError::new_err(msg),
+        E::InvalidEpsilon { .. } => EpsilonError::new_err(msg),
+        E::EmptyNormalizedShape | E::ZeroSizeDim { .. } => EmptyError::new_err(msg),
+        E::AxisOutOfRange { .. } => AxisError::new_err(msg),
+        E::SizeOverflow { .. } => SizeOverflowError::new_err(msg),
+        _ => LayerNormError::new_err(msg),
+    }
+}

@@ -1,0 +1,282 @@
+//! `layer_norm_forward` and `layer_norm_backward`: dtype dispatch around the core's
+//! `layer_norm::forward(_into)` and `layer_norm::backward`.
+
+use layernorm::layout::RowsCols;
+use layernorm::{
+    bf16, f16, layer_norm, Affine, Element, GradMask, Parallelism, StatsMut, StatsRef,
+};
+use numpy::{
+    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyAny;
+
+use crate::errors::{to_py, DTypeError, ShapeError};
+use crate::pool;
+
+type Arrays<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
+type MaybeArrays<'py> = (
+    Option<Bound<'py, PyAny>>,
+    Option<Bound<'py, PyAny>>,
+    Option<Bound<'py, PyAny>>,
+);
+
+/// numpy's name of an array's dtype ("float32", "bfloat16", …).
+fn dtype_name(a: &Bound<'_, PyUntypedArray>) -> PyResult<String> {
+    a.dtype().getattr("name")?.extract()
+}
+
+fn unsupported(name: &str) -> PyErr {
+    DTypeError::new_err(format!(
+        "unsupported dtype {name}: expected float32, float64, float16 or bfloat16 (ml_dtypes)"
+    ))
+}
+
+/// A C-contiguous array of element type T, borrowed read-only.
+fn typed<'py, T: numpy::Element>(
+    a: &Bound<'py, PyUntypedArray>,
+    what: &str,
+    expected: &str,
+) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    let array = a.cast::<PyArrayDyn<T>>().map_err(|_| {
+        let name = dtype_name(a).unwrap_or_default();
+        DTypeError::new_err(format!("{what} has dtype {name}, expected {expected}"))
+    })?;
+    c_contiguous(a, what)?;
+    Ok(array.readonly())
+}
+
+/// Kernels read and write in memory order, so arrays must be C-ordered (numpy's "contiguous"
+/// also admits Fortran order, which would silently transpose the data).
+fn c_contiguous(a: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<()> {
+    if a.is_c_contiguous() {
+        Ok(())
+    } else {
+        Err(ShapeError::new_err(format!("{what} must be C-contiguous")))
+    }
+}
+
+fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>, what: &str) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| ShapeError::new_err(format!("{what} must be C-contiguous")))
+}
+
+/// Normalizes `x` over its trailing `normalized_shape`; returns flat `(y, mean, rstd)` (or
+/// `out` as y when given).
+#[pyfunction]
+#[pyo3(signature = (x, normalized_shape, weight=None, bias=None, eps=1e-5, out=None))]
+pub fn layer_norm_forward<'py>(
+    x: &Bound<'py, PyUntypedArray>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'py, PyUntypedArray>>,
+    bias: Option<&Bound<'py, PyUntypedArray>>,
+    eps: f64,
+    out: Option<&Bound<'py, PyUntypedArray>>,
+) -> PyResult<Arrays<'py>> {
+    let name = dtype_name(x)?;
+    match name.as_str() {
+        "float32" => forward::<f32>(x, &normalized_shape, weight, bias, eps, out),
+        "float64" => forward::<f64>(x, &normalized_shape, weight, bias, eps, out),
+        "float16" => forward::<f16>(x, &normalized_shape, weight, bias, eps, out),
+        "bfloat16" => forward::<bf16>(x, &normalized_shape, weight, bias, eps, out),
+        other => Err(unsupported(other)),
+    }
+}
+
+fn forward<'py, T>(
+    x: &Bound<'py, PyUntypedArray>,
+    normalized_shape: &[usize],
+    weight: Option<&Bound<'py, PyUntypedArray>>,
+    bias: Option<&Bound<'py, PyUntypedArray>>,
+    eps: f64,
+    out: Option<&Bound<'py, PyUntypedArray>>,
+) -> PyResult<Arrays<'py>>
+where
+    T: Element + numpy::Element,
+    T::Compute: numpy::Element,
+{
+    let py = x.py();
+    let shape = x.shape().to_vec();
+    let rows_cols = RowsCols::with_normalized_shape(&shape, normalized_shape).map_err(to_py)?;
+    let x = typed::<T>(x, "x", T::NAME)?;
+    let params = |p: Option<&Bound<'py, PyUntypedArray>>,
+                  what: &str|
+     -> PyResult<Option<PyReadonlyArrayDyn<'py, T>>> {
+        let Some(p) = p else { return Ok(None) };
+        if p.shape() != normalized_shape {
+            return Err(ShapeError::new_err(format!(
+                "{what} has shape {:?}, expected the normalized shape {normalized_shape:?}",
+                p.shape()
+            )));
+        }
+        typed::<T>(p, what, T::NAME).map(Some)
+    };
+    let (w, b) = (params(weight, "weight")?, params(bias, "bias")?);
+    let xs = slice(&x, "x")?;
+    let ws = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
+    let bs = b.as_ref().map(|b| slice(b, "bias")).transpose()?;
+    let affine = Affine {
+        weight: ws,
+        bias: bs,
+    };
+    let cols = rows_cols.cols;
+    let pool = pool::get();
+    match out {
+        None => {
+            let (y, stats) = py
+                .detach(|| {
+                    pool.install(|| layer_norm::forward(xs, cols, affine, eps, Parallelism::Rayon))
+                })
+                .map_err(to_py)?;
+            let y = PyArray1::from_vec(py, y).reshape(shape)?;
+            let mean = PyArray1::from_vec(py, stats.mean);
+            let rstd = PyArray1::from_vec(py, stats.rstd);
+            Ok((y.into_any(), mean.into_any(), rstd.into_any()))
+        }
+        Some(out) => {
+            if out.shape() != shape.as_slice() {
+                return Err(ShapeError::new_err(format!(
+                    "out has shape {:?}, expected {shape:?} like x",
+                    out.shape()
+                )));
+            }
+            let out_typed = out.cast::<PyArrayDyn<T>>().map_err(|_| {
+                let name = dtype_name(out).unwrap_or_default();
+                DTypeError::new_err(format!("out has dtype {name}, expected {} like x", T::NAME))
+            })?;
+            c_contiguous(out, "out")?;
+            let mut y = out_typed
+                .try_readwrite()
+                .map_err(|e| ShapeError::new_err(format!("out cannot be written: {e}")))?;
+            let ys = y
+                .as_slice_mut()
+                .map_err(|_| ShapeError::new_err("out must be C-contiguous"))?;
+            let zero = <T::Compute as layernorm::Float>::ZERO;
+            let (mut mean, mut rstd) = (vec![zero; rows_cols.rows], vec![zero; rows_cols.rows]);
+            let stats = StatsMut {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            };
+            py.detach(|| {
+                pool.install(|| {
+                    layer_norm::forward_into(
+                        xs,
+                        cols,
+                        affine,
+                        eps,
+                        ys,
+                        Some(stats),
+                        Parallelism::Rayon,
+                    )
+                })
+            })
+            .map_err(to_py)?;
+            drop(y);
+            let mean = PyArray1::from_vec(py, mean);
+            let rstd = PyArray1::from_vec(py, rstd);
+            Ok((out.clone().into_any(), mean.into_any(), rstd.into_any()))
+        }
+    }
+}
+
+/// Gradients `(dx, dweight, dbias)` (flat, `None` where not requested) of LayerNorm.
+#[pyfunction]
+#[pyo3(signature = (grad_out, x, mean, rstd, normalized_shape, weight=None, output_mask=(true, true, true)))]
+pub fn layer_norm_backward<'py>(
+    grad_out: &Bound<'py, PyUntypedArray>,
+    x: &Bound<'py, PyUntypedArray>,
+    mean: &Bound<'py, PyUntypedArray>,
+    rstd: &Bound<'py, PyUntypedArray>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'py, PyUntypedArray>>,
+    output_mask: (bool, bool, bool),
+) -> PyResult<MaybeArrays<'py>> {
+    let name = dtype_name(x)?;
+    let args = (
+        grad_out,
+        x,
+        mean,
+        rstd,
+        normalized_shape.as_slice(),
+        weight,
+        output_mask,
+    );
+    match name.as_str() {
+        "float32" => backward::<f32>(args),
+        "float64" => backward::<f64>(args),
+        "float16" => backward::<f16>(args),
+        "bfloat16" => backward::<bf16>(args),
+        other => Err(unsupported(other)),
+    }
+}
+
+type BackwardArgs<'a, 'py> = (
+    &'a Bound<'py, PyUntypedArray>,
+    &'a Bound<'py, PyUntypedArray>,
+    &'a Bound<'py, PyUntypedArray>,
+    &'a Bound<'py, PyUntypedArray>,
+    &'a [usize],
+    Option<&'a Bound<'py, PyUntypedArray>>,
+    (bool, bool, bool),
+);
+
+fn backward<'py, T>(
+    (grad_out, x, mean, rstd, normalized_shape, weight, mask): BackwardArgs<'_, 'py>,
+) -> PyResult<MaybeArrays<'py>>
+where
+    T: Element + numpy::Element,
+    T::Compute: numpy::Element,
+{
+    let py = x.py();
+    let shape = x.shape().to_vec();
+    let rows_cols = RowsCols::with_normalized_shape(&shape, normalized_shape).map_err(to_py)?;
+    if grad_out.shape() != shape.as_slice() {
+        return Err(ShapeError::new_err(format!(
+            "grad_out has shape {:?}, expected {shape:?} like x",
+            grad_out.shape()
+        )));
+    }
+    let (x, dy) = (
+        typed::<T>(x, "x", T::NAME)?,
+        typed::<T>(grad_out, "grad_out", T::NAME)?,
+    );
+    let stats_dtype = <T::Compute as layernorm::Float>::NAME;
+    let mean = typed::<T::Compute>(mean, "mean", stats_dtype)?;
+    let rstd = typed::<T::Compute>(rstd, "rstd", stats_dtype)?;
+    let w = match weight {
+        Some(w) if w.shape() != normalized_shape => {
+            return Err(ShapeError::new_err(format!(
+                "weight has shape {:?}, expected the normalized shape {normalized_shape:?}",
+                w.shape()
+            )))
+        }
+        Some(w) => Some(typed::<T>(w, "weight", T::NAME)?),
+        None => None,
+    };
+    let (xs, dys) = (slice(&x, "x")?, slice(&dy, "grad_out")?);
+    let stats = StatsRef {
+        mean: slice(&mean, "mean")?,
+        rstd: slice(&rstd, "rstd")?,
+    };
+    let ws = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
+    let mask = GradMask {
+        input: mask.0,
+        weight: mask.1,
+        bias: mask.2,
+    };
+    let cols = rows_cols.cols;
+    let pool = pool::get();
+    let grads = py
+        .detach(|| {
+            pool.install(|| {
+                layer_norm::backward(dys, xs, cols, stats, ws, mask, Parallelism::Rayon)
+            })
+        })
+        .map_err(to_py)?;
+    let wrap = |v: Option<Vec<T>>| v.map(|v| PyArray1::from_vec(py, v).into_any());
+    let dx = match grads.dx {
+        Some(dx) => Some(PyArray1::from_vec(py, dx).reshape(shape)?.into_any()),
+        None => None,
+    };
+    Ok((dx, wrap(grads.dweight), wrap(grads.dbias)))
+}
