@@ -2,9 +2,7 @@
 //! `layer_norm::forward(_into)` and `layer_norm::backward`.
 
 use layernorm::layout::RowsCols;
-use layernorm::{
-    bf16, f16, layer_norm, Affine, Element, GradMask, Parallelism, StatsMut, StatsRef,
-};
+use layernorm::{bf16, f16, layer_norm, Affine, Element, GradMask, StatsMut, StatsRef};
 use numpy::{
     PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
@@ -119,15 +117,13 @@ where
         weight: ws,
         bias: bs,
     };
-    let cols = rows_cols.cols;
-    let pool = pool::get();
+    let (cols, elems) = (rows_cols.cols, xs.len());
     match out {
         None => {
-            let (y, stats) = py
-                .detach(|| {
-                    pool.install(|| layer_norm::forward(xs, cols, affine, eps, Parallelism::Rayon))
-                })
-                .map_err(to_py)?;
+            let (y, stats) = pool::run(py, elems, |par| {
+                layer_norm::forward(xs, cols, affine, eps, par)
+            })
+            .map_err(to_py)?;
             let y = PyArray1::from_vec(py, y).reshape(shape)?;
             let mean = PyArray1::from_vec(py, stats.mean);
             let rstd = PyArray1::from_vec(py, stats.rstd);
@@ -157,18 +153,8 @@ where
                 mean: &mut mean,
                 rstd: &mut rstd,
             };
-            py.detach(|| {
-                pool.install(|| {
-                    layer_norm::forward_into(
-                        xs,
-                        cols,
-                        affine,
-                        eps,
-                        ys,
-                        Some(stats),
-                        Parallelism::Rayon,
-                    )
-                })
+            pool::run(py, elems, |par| {
+                layer_norm::forward_into(xs, cols, affine, eps, ys, Some(stats), par)
             })
             .map_err(to_py)?;
             drop(y);
@@ -265,14 +251,10 @@ where
         bias: mask.2,
     };
     let cols = rows_cols.cols;
-    let pool = pool::get();
-    let grads = py
-        .detach(|| {
-            pool.install(|| {
-                layer_norm::backward(dys, xs, cols, stats, ws, mask, Parallelism::Rayon)
-            })
-        })
-        .map_err(to_py)?;
+    let grads = pool::run(py, xs.len(), |par| {
+        layer_norm::backward(dys, xs, cols, stats, ws, mask, par)
+    })
+    .map_err(to_py)?;
     let wrap = |v: Option<Vec<T>>| v.map(|v| PyArray1::from_vec(py, v).into_any());
     let dx = match grads.dx {
         Some(dx) => Some(PyArray1::from_vec(py, dx).reshape(shape)?.into_any()),

@@ -50,3 +50,20 @@ pub fn after_fork_in_child() {
         std::mem::forget(stale);
     }
 }
+
+/// Runs `f(par)` off the GIL: on the package's pool when a problem of `elems` elements is
+/// large enough to be split across threads, else on the calling thread (a pool hand-off costs
+/// more than a small problem).
+pub fn run<R: Send>(
+    py: pyo3::Python<'_>,
+    elems: usize,
+    f: impl FnOnce(layernorm::Parallelism) -> R + Send,
+) -> R {
+    use layernorm::Parallelism;
+    if Parallelism::Rayon.would_split(elems) {
+        let pool = get();
+        py.detach(|| pool.install(|| f(Parallelism::Rayon)))
+    } else {
+        py.detach(|| f(Parallelism::Sequential))
+    }
+}

@@ -20,6 +20,15 @@ pub enum Parallelism {
     Rayon,
 }
 
+impl Parallelism {
+    /// Whether a call over `elems` elements would split its work across threads. Callers that
+    /// hand work to a pool (`ThreadPool::install` costs a thread hand-off, tens of µs) can skip
+    /// the pool when this is false.
+    pub fn would_split(self, elems: usize) -> bool {
+        self == Parallelism::Rayon && elems >= PAR_MIN_ELEMS
+    }
+}
+
 /// Below this many elements a call stays on the calling thread: splitting 2^16 f32 (256 KiB,
 /// a few microseconds of work) across threads costs more in wake-ups than it saves.
 const PAR_MIN_ELEMS: usize = 1 << 16;
@@ -82,7 +91,7 @@ where
     F: Fn(W, usize) + Sync,
 {
     let count = blocks.count();
-    if par == Parallelism::Sequential || elems < PAR_MIN_ELEMS || count < 2 {
+    if !par.would_split(elems) || count < 2 {
         let mut rest = work;
         for b in 0..count {
             let (head, tail) = rest.split_at(blocks.range(b).len());
