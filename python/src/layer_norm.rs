@@ -54,6 +54,22 @@ fn c_contiguous(a: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<()> {
     }
 }
 
+/// γ or β: absent, or an array of the normalized shape and x's dtype.
+fn param<'py, T: Element + numpy::Element>(
+    p: Option<&Bound<'py, PyUntypedArray>>,
+    what: &str,
+    normalized_shape: &[usize],
+) -> PyResult<Option<PyReadonlyArrayDyn<'py, T>>> {
+    let Some(p) = p else { return Ok(None) };
+    if p.shape() != normalized_shape {
+        return Err(ShapeError::new_err(format!(
+            "{what} has shape {:?}, expected the normalized shape {normalized_shape:?}",
+            p.shape()
+        )));
+    }
+    typed::<T>(p, what, T::NAME).map(Some)
+}
+
 fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>, what: &str) -> PyResult<&'a [T]> {
     a.as_slice()
         .map_err(|_| ShapeError::new_err(format!("{what} must be C-contiguous")))
@@ -97,19 +113,8 @@ where
     let shape = x.shape().to_vec();
     let rows_cols = RowsCols::with_normalized_shape(&shape, normalized_shape).map_err(to_py)?;
     let x = typed::<T>(x, "x", T::NAME)?;
-    let params = |p: Option<&Bound<'py, PyUntypedArray>>,
-                  what: &str|
-     -> PyResult<Option<PyReadonlyArrayDyn<'py, T>>> {
-        let Some(p) = p else { return Ok(None) };
-        if p.shape() != normalized_shape {
-            return Err(ShapeError::new_err(format!(
-                "{what} has shape {:?}, expected the normalized shape {normalized_shape:?}",
-                p.shape()
-            )));
-        }
-        typed::<T>(p, what, T::NAME).map(Some)
-    };
-    let (w, b) = (params(weight, "weight")?, params(bias, "bias")?);
+    let w = param::<T>(weight, "weight", normalized_shape)?;
+    let b = param::<T>(bias, "bias", normalized_shape)?;
     let xs = slice(&x, "x")?;
     let ws = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
     let bs = b.as_ref().map(|b| slice(b, "bias")).transpose()?;
@@ -229,16 +234,7 @@ where
     let stats_dtype = <T::Compute as layernorm::Float>::NAME;
     let mean = typed::<T::Compute>(mean, "mean", stats_dtype)?;
     let rstd = typed::<T::Compute>(rstd, "rstd", stats_dtype)?;
-    let w = match weight {
-        Some(w) if w.shape() != normalized_shape => {
-            return Err(ShapeError::new_err(format!(
-                "weight has shape {:?}, expected the normalized shape {normalized_shape:?}",
-                w.shape()
-            )))
-        }
-        Some(w) => Some(typed::<T>(w, "weight", T::NAME)?),
-        None => None,
-    };
+    let w = param::<T>(weight, "weight", normalized_shape)?;
     let (xs, dys) = (slice(&x, "x")?, slice(&dy, "grad_out")?);
     let stats = StatsRef {
         mean: slice(&mean, "mean")?,

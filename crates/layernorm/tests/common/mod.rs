@@ -53,31 +53,8 @@ pub fn widen_stats<S: Float>(v: &[S]) -> Vec<f64> {
 /// failing index (the first 10) and how many there were.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], abs: f64, rel: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(want)
-        .enumerate()
-        .filter(|(_, (g, w))| {
-            if w.is_nan() || g.is_nan() {
-                !(w.is_nan() && g.is_nan())
-            } else {
-                !((*g - *w).abs() <= abs + rel * w.abs() || g == w)
-            }
-        })
-        .map(|(i, (g, w))| format!("[{i}] got {g:e} want {w:e} (diff {:e})", (g - w).abs()))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: {} of {} elements off (abs {abs:e}, rel {rel:e}):\n  {}",
-        bad.len(),
-        got.len(),
-        bad.iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    );
+    let bound: Vec<f64> = want.iter().map(|w| abs + rel * w.abs()).collect();
+    assert_within(what, got, want, &bound);
 }
 
 /// ‖got − want‖₂ / ‖want‖₂.
