@@ -19,8 +19,24 @@ use crate::arch::Isa;
 use crate::dtype::{Element, Float};
 use crate::par::{split_opt, RowSplit};
 
+/// Which statistics a row is normalized with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// LayerNorm: centred, `x̂ = (x − mean)·rstd`, `rstd = 1/√(var + ε)`.
+    Layer,
+    /// RMSNorm: not centred, `x̂ = x·rstd`, `rstd = 1/√(mean(x²) + ε)`.
+    Rms,
+}
+
+impl Norm {
+    pub(crate) fn centers(self) -> bool {
+        self == Norm::Layer
+    }
+}
+
 /// A range of rows of a forward problem, with everything a kernel needs to normalize them.
 pub struct ForwardBlock<'a, T: Element> {
+    pub(crate) norm: Norm,
     pub(crate) cols: usize,
     pub(crate) eps: f64,
     /// Write y with non-temporal stores (the output is too large to stay in cache).
@@ -40,8 +56,9 @@ impl<T: Element> RowSplit for ForwardBlock<'_, T> {
         let (m0, m1) = split_opt(self.mean, at);
         let (s0, s1) = split_opt(self.rstd, at);
         let (cols, eps, weight, bias) = (self.cols, self.eps, self.weight, self.bias);
-        let stream = self.stream;
+        let (stream, norm) = (self.stream, self.norm);
         let piece = |x, y, mean, rstd| ForwardBlock {
+            norm,
             cols,
             eps,
             stream,
@@ -74,6 +91,7 @@ impl<T: Element> ForwardBlock<'_, T> {
 /// A range of rows of a backward problem, with the f64 dγ/dβ partials of the blocks it covers
 /// (`partial_len` values per block: dγ's `cols` first, if requested, then dβ's).
 pub struct BackwardBlock<'a, T: Element> {
+    pub(crate) norm: Norm,
     pub(crate) cols: usize,
     pub(crate) block_rows: usize,
     pub(crate) partial_len: usize,
@@ -82,7 +100,8 @@ pub struct BackwardBlock<'a, T: Element> {
     pub(crate) weight: Option<&'a [T]>,
     pub(crate) x: &'a [T],
     pub(crate) dy: &'a [T],
-    pub(crate) mean: &'a [T::Compute],
+    /// Per-row means (LayerNorm only).
+    pub(crate) mean: Option<&'a [T::Compute]>,
     pub(crate) rstd: &'a [T::Compute],
     pub(crate) dx: Option<&'a mut [T]>,
     pub(crate) partials: &'a mut [f64],
@@ -93,7 +112,13 @@ impl<T: Element> RowSplit for BackwardBlock<'_, T> {
         let elems = at * self.cols;
         let (x0, x1) = self.x.split_at(elems);
         let (dy0, dy1) = self.dy.split_at(elems);
-        let (m0, m1) = self.mean.split_at(at);
+        let (m0, m1) = match self.mean {
+            Some(m) => {
+                let (a, b) = m.split_at(at);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
         let (s0, s1) = self.rstd.split_at(at);
         let (dx0, dx1) = split_opt(self.dx, elems);
         // Splits fall on block boundaries (or at the end, for the short last block).
@@ -102,7 +127,9 @@ impl<T: Element> RowSplit for BackwardBlock<'_, T> {
             .split_at_mut(at.div_ceil(self.block_rows) * self.partial_len);
         let (cols, block_rows, partial_len) = (self.cols, self.block_rows, self.partial_len);
         let (want_dweight, want_dbias, weight) = (self.want_dweight, self.want_dbias, self.weight);
+        let norm = self.norm;
         let piece = |x, dy, mean, rstd, dx, partials| BackwardBlock {
+            norm,
             cols,
             block_rows,
             partial_len,

@@ -29,6 +29,7 @@
 //! an exact power of two. So finite inputs give finite outputs, and NaN/Inf stay in their row.
 
 use super::reduce::lane_sums;
+use super::Norm;
 use crate::dtype::{to_f64, Element, Float};
 
 /// 2^-600, exact: scales an f64 row whose sum or squares would overflow back into range.
@@ -41,10 +42,18 @@ pub(crate) struct RowStats {
     pub rstd: f64,
 }
 
-/// Mean and biased variance of `x·scale`, by the corrected two-pass algorithm.
+/// Mean and biased variance of `x·scale`, by the corrected two-pass algorithm; for RMSNorm
+/// (`norm` not centring), mean 0 and the mean square.
 #[inline(always)]
-fn moments<T: Element>(x: &[T], scale: f64) -> (f64, f64) {
+fn moments<T: Element>(x: &[T], scale: f64, norm: Norm) -> (f64, f64) {
     let n = x.len() as f64;
+    if !norm.centers() {
+        let [sq] = lane_sums(x.len(), |i| {
+            let v = to_f64(x[i]) * scale;
+            [v * v]
+        });
+        return (0.0, sq / n);
+    }
     let [sum] = lane_sums(x.len(), |i| [to_f64(x[i]) * scale]);
     let m0 = sum / n;
     let [s1, s2] = lane_sums(x.len(), |i| {
@@ -58,10 +67,10 @@ fn moments<T: Element>(x: &[T], scale: f64) -> (f64, f64) {
 }
 
 /// Mean and rstd of a row, exact to f64 rounding, finite for every finite row.
-pub(crate) fn row_stats<T: Element>(x: &[T], eps: f64) -> RowStats {
-    let (mean, var) = moments(x, 1.0);
+pub(crate) fn row_stats<T: Element>(x: &[T], eps: f64, norm: Norm) -> RowStats {
+    let (mean, var) = moments(x, 1.0, norm);
     if !(mean.is_finite() && var.is_finite()) {
-        let (mean_s, var_s) = moments(x, DOWNSCALE);
+        let (mean_s, var_s) = moments(x, DOWNSCALE, norm);
         if mean_s.is_finite() && var_s.is_finite() {
             // ε·DOWNSCALE² underflows beside a variance this large, as it should.
             return RowStats {
@@ -163,8 +172,9 @@ pub(crate) fn forward_row<T: Element>(
     bias: Option<&[T]>,
     eps: f64,
     y: &mut [T],
+    norm: Norm,
 ) -> RowStats {
-    let stats = row_stats(x, eps);
+    let stats = row_stats(x, eps, norm);
     if in_safe_range::<T::Compute>(stats.mean, stats.rstd) {
         let center = SplitMean::<T::Compute>::new(stats.mean, stats.rstd);
         normalize(x, weight, bias, y, &center);
@@ -208,14 +218,14 @@ pub(crate) struct RowGrads<'a, T> {
     pub dbias: Option<&'a mut [f64]>,
 }
 
-/// Backward pass of one row from its saved `mean` and `rstd`.
+/// Backward pass of one row from its saved `mean` (0 for RMSNorm) and `rstd`.
 pub(crate) fn backward_row<T: Element>(
     x: &[T],
     dy: &[T],
     weight: Option<&[T]>,
-    mean: f64,
-    rstd: f64,
+    (mean, rstd): (f64, f64),
     out: RowGrads<'_, T>,
+    norm: Norm,
 ) {
     let n = x.len() as f64;
     let scale = if rstd < f64::SCALE_RANGE.0 {
@@ -230,9 +240,10 @@ pub(crate) fn backward_row<T: Element>(
         let g = to_f64(dy[i]) * gamma(i);
         [d, g, g * d]
     });
-    let delta = sum_d / n;
+    // RMSNorm has no mean to refine and no mean(g) term: x̂ = x·rstd.
+    let delta = if norm.centers() { sum_d / n } else { 0.0 };
     let mean = (pivot + delta) / scale;
-    let mean_g = sum_g / n;
+    let mean_g = if norm.centers() { sum_g / n } else { 0.0 };
     let mean_gx = (sum_gd - delta * sum_g) * (rstd / scale) / n;
     if in_safe_range::<T::Compute>(mean, rstd) {
         let center = SplitMean::<T::Compute>::new(mean, rstd);
@@ -282,38 +293,39 @@ pub(crate) fn forward_block<T: Element>(mut block: super::ForwardBlock<'_, T>) {
     let cols = block.cols;
     for r in 0..block.rows() {
         let span = r * cols..(r + 1) * cols;
-        let (weight, bias, eps) = (block.weight, block.bias, block.eps);
-        let stats = forward_row(
-            &block.x[span.clone()],
-            weight,
-            bias,
-            eps,
-            &mut block.y[span],
-        );
+        let (weight, bias, eps, norm) = (block.weight, block.bias, block.eps, block.norm);
+        let x = &block.x[span.clone()];
+        let stats = forward_row(x, weight, bias, eps, &mut block.y[span], norm);
         block.save_stats(r, stats);
     }
 }
 
 /// Backward for every row of a block (the f64 element type's kernel).
-pub(crate) fn backward_block<T: Element>(mut block: super::BackwardBlock<'_, T>) {
-    let cols = block.cols;
-    let split = if block.want_dweight { cols } else { 0 };
-    let (dw, db) = block.partials.split_at_mut(split);
-    for r in 0..block.mean.len() {
+pub(crate) fn backward_block<T: Element>(block: super::BackwardBlock<'_, T>) {
+    let super::BackwardBlock {
+        norm,
+        cols,
+        want_dweight,
+        want_dbias,
+        weight,
+        x,
+        dy,
+        mean,
+        rstd,
+        mut dx,
+        partials,
+        ..
+    } = block;
+    let split = if want_dweight { cols } else { 0 };
+    let (dw, db) = partials.split_at_mut(split);
+    for r in 0..rstd.len() {
         let span = r * cols..(r + 1) * cols;
+        let stats = (mean.map_or(0.0, |m| m[r].to_f64()), rstd[r].to_f64());
         let out = RowGrads {
-            dx: block.dx.as_deref_mut().map(|dx| &mut dx[span.clone()]),
-            dweight: block.want_dweight.then_some(&mut *dw),
-            dbias: block.want_dbias.then_some(&mut *db),
+            dx: dx.as_deref_mut().map(|dx| &mut dx[span.clone()]),
+            dweight: want_dweight.then_some(&mut *dw),
+            dbias: want_dbias.then_some(&mut *db),
         };
-        let (mean, rstd) = (block.mean[r].to_f64(), block.rstd[r].to_f64());
-        backward_row(
-            &block.x[span.clone()],
-            &block.dy[span],
-            block.weight,
-            mean,
-            rstd,
-            out,
-        );
+        backward_row(&x[span.clone()], &dy[span], weight, stats, out, norm);
     }
 }

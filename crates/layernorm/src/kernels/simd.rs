@@ -18,7 +18,7 @@ use crate::arch::{prefetch, Simd, Storage, WithSimd};
 use crate::dtype::{to_f64, Element};
 
 use super::portable::{self, in_safe_range, RowGrads, RowStats};
-use super::{BackwardBlock, ForwardBlock};
+use super::{BackwardBlock, ForwardBlock, Norm};
 
 /// Largest vector width of any ISA, in f32 lanes (tails are staged in buffers this long).
 const MAX_LANES: usize = 16;
@@ -43,33 +43,43 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let mut block = self.0;
-        let cols = block.cols;
-        let rows = block.rows();
-        for r in 0..rows {
-            let span = r * cols..(r + 1) * cols;
-            if r + 1 < rows && prefetches(cols, block.x) {
-                prefetch(&block.x[span.end..span.end + cols]);
-            }
-            let x = &block.x[span.clone()];
-            let stats = row_stats(s, x, block.eps);
-            let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
-                let y = &mut block.y[span];
-                if block.stream {
-                    normalize_affine::<S, T, true>(s, x, block.weight, block.bias, stats, y);
-                } else {
-                    normalize_affine::<S, T, false>(s, x, block.weight, block.bias, stats, y);
-                }
-                stats
+        match self.0.norm {
+            Norm::Layer => forward_rows::<S, T, true>(s, self.0),
+            Norm::Rms => forward_rows::<S, T, false>(s, self.0),
+        }
+    }
+}
+
+/// Every row of a forward block; `CENTER`: LayerNorm (true) or RMSNorm (false).
+#[inline(always)]
+fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool>(
+    s: S,
+    mut block: ForwardBlock<'_, T>,
+) {
+    let cols = block.cols;
+    let rows = block.rows();
+    for r in 0..rows {
+        let span = r * cols..(r + 1) * cols;
+        if r + 1 < rows && prefetches(cols, block.x) {
+            prefetch(&block.x[span.end..span.end + cols]);
+        }
+        let x = &block.x[span.clone()];
+        let stats = row_stats::<S, T, CENTER>(s, x, block.eps);
+        let y = &mut block.y[span];
+        let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
+            if block.stream {
+                normalize_affine::<S, T, true>(s, x, block.weight, block.bias, stats, y);
             } else {
-                let y = &mut block.y[span];
-                portable::forward_row(x, block.weight, block.bias, block.eps, y)
-            };
-            block.save_stats(r, stats);
-        }
-        if block.stream {
-            s.fence();
-        }
+                normalize_affine::<S, T, false>(s, x, block.weight, block.bias, stats, y);
+            }
+            stats
+        } else {
+            portable::forward_row(x, block.weight, block.bias, block.eps, y, block.norm)
+        };
+        block.save_stats(r, stats);
+    }
+    if block.stream {
+        s.fence();
     }
 }
 
@@ -100,10 +110,15 @@ fn normalize_affine<S: Simd, T: Storage + Element<Compute = f32>, const NT: bool
 /// The catastrophic `E[x²] − E[x]²` is the unshifted version, whose cancellation factor
 /// μ²/σ² is unbounded.
 #[inline(always)]
-fn row_stats<S: Simd, T: Storage + Element<Compute = f32>>(s: S, x: &[T], eps: f64) -> RowStats {
+fn row_stats<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool>(
+    s: S,
+    x: &[T],
+    eps: f64,
+) -> RowStats {
     let (n, l) = (x.len(), S::LANES);
     let zero = s.splat64(0.0);
-    let pivot = to_f64(x[0]);
+    // RMSNorm: no shift, Σx² directly (no cancellation to guard against).
+    let pivot = if CENTER { to_f64(x[0]) } else { 0.0 };
     let p = s.splat64(pivot);
     let (mut sum, mut sq) = ([zero; 4], [zero; 4]);
     let mut i = 0;
@@ -134,7 +149,7 @@ fn row_stats<S: Simd, T: Storage + Element<Compute = f32>>(s: S, x: &[T], eps: f
         sum_sq += d * d;
     }
     let nf = n as f64;
-    let shift = sum_d / nf;
+    let shift = if CENTER { sum_d / nf } else { 0.0 };
     let var = sum_sq / nf - shift * shift;
     // Rounding can leave a hair below zero; a NaN must stay NaN.
     let var = if var < 0.0 { 0.0 } else { var };
@@ -246,71 +261,74 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for Backward<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let mut block = self.0;
-        let cols = block.cols;
-        let split = if block.want_dweight { cols } else { 0 };
-        let (dw, db) = block.partials.split_at_mut(split);
-        let (mut dw, mut db) = (
-            block.want_dweight.then_some(dw),
-            block.want_dbias.then_some(db),
-        );
-        let weight = block.weight;
-        let rows = block.mean.len();
-        for r in 0..rows {
-            let span = r * cols..(r + 1) * cols;
-            if r + 1 < rows && prefetches(cols, block.x) {
-                prefetch(&block.x[span.end..span.end + cols]);
-                prefetch(&block.dy[span.end..span.end + cols]);
-            }
-            let (x, dy) = (&block.x[span.clone()], &block.dy[span.clone()]);
-            let dx = block.dx.as_deref_mut().map(|dx| &mut dx[span]);
-            let (mean, rstd) = (f64::from(block.mean[r]), f64::from(block.rstd[r]));
-            let (dw, db) = (dw.as_deref_mut(), db.as_deref_mut());
-            match weight {
-                Some(w) => backward_row::<S, T, true>(
-                    s,
-                    x,
-                    dy,
-                    w,
-                    mean,
-                    rstd,
-                    RowGrads {
-                        dx,
-                        dweight: dw,
-                        dbias: db,
-                    },
-                ),
-                None => backward_row::<S, T, false>(
-                    s,
-                    x,
-                    dy,
-                    &[],
-                    mean,
-                    rstd,
-                    RowGrads {
-                        dx,
-                        dweight: dw,
-                        dbias: db,
-                    },
-                ),
-            }
+        match (self.0.norm, self.0.weight.is_some()) {
+            (Norm::Layer, true) => backward_rows::<S, T, true, true>(s, self.0),
+            (Norm::Layer, false) => backward_rows::<S, T, true, false>(s, self.0),
+            (Norm::Rms, true) => backward_rows::<S, T, false, true>(s, self.0),
+            (Norm::Rms, false) => backward_rows::<S, T, false, false>(s, self.0),
         }
     }
 }
 
+/// Every row of a backward block; `CENTER` as in `forward_rows`, `W`: whether there is a γ.
 #[inline(always)]
-fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const W: bool>(
+fn backward_rows<
+    S: Simd,
+    T: Element<Compute = f32> + Storage,
+    const CENTER: bool,
+    const W: bool,
+>(
+    s: S,
+    block: BackwardBlock<'_, T>,
+) {
+    let BackwardBlock {
+        cols,
+        want_dweight,
+        want_dbias,
+        weight,
+        x,
+        dy,
+        mean,
+        rstd,
+        mut dx,
+        partials,
+        ..
+    } = block;
+    let split = if want_dweight { cols } else { 0 };
+    let (dw, db) = partials.split_at_mut(split);
+    let (mut dw, mut db) = (want_dweight.then_some(dw), want_dbias.then_some(db));
+    let weight = weight.unwrap_or(&[]);
+    let rows = rstd.len();
+    for r in 0..rows {
+        let span = r * cols..(r + 1) * cols;
+        if r + 1 < rows && prefetches(cols, x) {
+            prefetch(&x[span.end..span.end + cols]);
+            prefetch(&dy[span.end..span.end + cols]);
+        }
+        let (xr, dyr) = (&x[span.clone()], &dy[span.clone()]);
+        let out = RowGrads {
+            dx: dx.as_deref_mut().map(|dx| &mut dx[span]),
+            dweight: dw.as_deref_mut(),
+            dbias: db.as_deref_mut(),
+        };
+        let stats = (mean.map_or(0.0, |m| f64::from(m[r])), f64::from(rstd[r]));
+        backward_row::<S, T, CENTER, W>(s, xr, dyr, weight, stats, out);
+    }
+}
+
+#[inline(always)]
+fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool, const W: bool>(
     s: S,
     x: &[T],
     dy: &[T],
     weight: &[T],
-    mean: f64,
-    rstd: f64,
+    (mean, rstd): (f64, f64),
     out: RowGrads<'_, T>,
 ) {
     if !in_safe_range::<f32>(mean, rstd) {
         let weight = W.then_some(weight);
-        return portable::backward_row(x, dy, weight, mean, rstd, out);
+        let norm = if CENTER { Norm::Layer } else { Norm::Rms };
+        return portable::backward_row(x, dy, weight, (mean, rstd), out, norm);
     }
     let (n, l) = (x.len(), S::LANES);
     // Pass 1: Σd, Σg, Σg·d with d = x − mean and g = dy·γ, both exact in f64.
@@ -348,8 +366,10 @@ fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const W: bool>(
         sum_gd += g * d;
     }
     let nf = n as f64;
-    let delta = sum_d / nf; // the saved mean may be rounded: recover the exact one
-    let mean_g = sum_g / nf;
+    // The saved mean may be rounded: recover the exact one. RMSNorm has neither a mean to
+    // recover nor a mean(g) term.
+    let delta = if CENTER { sum_d / nf } else { 0.0 };
+    let mean_g = if CENTER { sum_g / nf } else { 0.0 };
     let mean_gx = (sum_gd - delta * sum_g) * rstd / nf;
 
     // Pass 2, in f32.

@@ -101,20 +101,6 @@ pub struct StatsMut<'a, S> {
     pub rstd: &'a mut [S],
 }
 
-impl<S> StatsMut<'_, S> {
-    pub(crate) fn check(&self, rows: usize) -> Result<()> {
-        check_len(Operand::Mean, rows, self.mean.len())?;
-        check_len(Operand::Rstd, rows, self.rstd.len())
-    }
-}
-
-impl<S> StatsRef<'_, S> {
-    pub(crate) fn check(&self, rows: usize) -> Result<()> {
-        check_len(Operand::Mean, rows, self.mean.len())?;
-        check_len(Operand::Rstd, rows, self.rstd.len())
-    }
-}
-
 /// Which gradients a backward call computes (PyTorch's `output_mask`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GradMask {

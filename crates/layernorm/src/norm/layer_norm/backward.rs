@@ -1,13 +1,13 @@
-//! LayerNorm backward: validation, the row kernel over fixed blocks of rows, and the
-//! fixed-order reduction of the per-block dγ/dβ partials.
+//! LayerNorm backward: the public entry points over the shared row driver.
 
 use crate::arch;
-use crate::dtype::{Element, Float};
-use crate::error::{Operand, Result};
-use crate::kernels::BackwardBlock;
+use crate::dtype::Element;
+use crate::error::Result;
+use crate::kernels::Norm;
 use crate::layout::RowsCols;
-use crate::norm::{check_len, GradMask, Gradients, GradsMut, StatsRef};
-use crate::par::{for_each_block, Blocks, Parallelism};
+use crate::norm::rows::{self, BackwardJob};
+use crate::norm::{GradMask, Gradients, GradsMut, StatsRef};
+use crate::par::Parallelism;
 
 /// Gradients of LayerNorm with respect to x, γ and β, from the upstream gradient `dy`, the
 /// input `x`, the statistics saved by the forward pass and γ (`None` if the forward had none).
@@ -75,67 +75,15 @@ pub fn backward_into<T: Element>(
     grads: GradsMut<'_, T>,
     par: Parallelism,
 ) -> Result<()> {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let cols = shape.cols;
-    check_len(Operand::GradOutput, x.len(), dy.len())?;
-    stats.check(shape.rows)?;
-    if let Some(w) = weight {
-        check_len(Operand::Weight, cols, w.len())?;
-    }
-    if let Some(dx) = &grads.dx {
-        check_len(Operand::GradInput, x.len(), dx.len())?;
-    }
-    if let Some(dw) = &grads.dweight {
-        check_len(Operand::GradWeight, cols, dw.len())?;
-    }
-    if let Some(db) = &grads.dbias {
-        check_len(Operand::GradBias, cols, db.len())?;
-    }
-
-    let want_dw = grads.dweight.is_some();
-    let want_db = grads.dbias.is_some();
-    let partial_len = cols * (usize::from(want_dw) + usize::from(want_db));
-    let blocks = if partial_len > 0 {
-        Blocks::for_reduction(shape.rows, cols, partial_len / cols)
-    } else {
-        Blocks::for_map(shape.rows, cols)
-    };
-    let mut partials = vec![0.0f64; blocks.count() * partial_len];
-    let work = BackwardBlock {
-        cols,
-        block_rows: blocks.block_rows,
-        partial_len,
-        want_dweight: want_dw,
-        want_dbias: want_db,
-        weight,
-        x,
+    let job = BackwardJob {
+        norm: Norm::Layer,
         dy,
-        mean: stats.mean,
+        x,
+        normalized_len,
+        mean: Some(stats.mean),
         rstd: stats.rstd,
-        dx: grads.dx,
-        partials: &mut partials,
+        weight,
+        grads,
     };
-    let isa = arch::active();
-    for_each_block(par, x.len(), blocks, work, &|block, _| {
-        T::backward_block(isa, block)
-    });
-
-    // Combine the block partials in block order, into the first block's (so every column is
-    // p0 + p1 + p2 + …, whatever the threads): the result does not depend on threads.
-    let first_len = partial_len.min(partials.len());
-    let (first, rest) = partials.split_at_mut(first_len);
-    for block in rest.chunks_exact(partial_len.max(1)) {
-        for (acc, v) in first.iter_mut().zip(block) {
-            *acc += v;
-        }
-    }
-    let narrow = |v: &f64| T::narrow(T::Compute::from_f64(*v));
-    let (dw_sum, db_sum) = first.split_at(if want_dw { cols } else { 0 });
-    if let Some(dw) = grads.dweight {
-        dw.iter_mut().zip(dw_sum).for_each(|(o, v)| *o = narrow(v));
-    }
-    if let Some(db) = grads.dbias {
-        db.iter_mut().zip(db_sum).for_each(|(o, v)| *o = narrow(v));
-    }
-    Ok(())
+    rows::backward(job, par)
 }

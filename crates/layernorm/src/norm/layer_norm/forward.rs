@@ -1,12 +1,13 @@
-//! LayerNorm forward: validation, then the row kernel over a deterministic split of rows.
+//! LayerNorm forward: the public entry points over the shared row driver.
 
 use crate::arch;
 use crate::dtype::{Element, Float};
-use crate::error::{Operand, Result};
-use crate::kernels::ForwardBlock;
+use crate::error::Result;
+use crate::kernels::Norm;
 use crate::layout::RowsCols;
-use crate::norm::{check_eps, check_len, Affine, Stats, StatsMut};
-use crate::par::{for_each_block, Blocks, Parallelism};
+use crate::norm::rows::{self, ForwardJob};
+use crate::norm::{Affine, Stats, StatsMut};
+use crate::par::Parallelism;
 
 /// Normalizes `x`, viewed as rows of `normalized_len` elements, and returns `y` with the saved
 /// statistics (one mean and one rstd per row).
@@ -73,32 +74,19 @@ pub fn forward_into<T: Element>(
     stats: Option<StatsMut<'_, T::Compute>>,
     par: Parallelism,
 ) -> Result<()> {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    check_eps::<T::Compute>(eps)?;
-    affine.check(shape.cols)?;
-    check_len(Operand::Output, x.len(), y.len())?;
-    if let Some(s) = &stats {
-        s.check(shape.rows)?;
-    }
     let (mean, rstd) = match stats {
         Some(s) => (Some(s.mean), Some(s.rstd)),
         None => (None, None),
     };
-    let work = ForwardBlock {
-        cols: shape.cols,
-        eps,
-        stream: std::mem::size_of_val(y) >= *arch::STREAM_MIN_BYTES,
-        weight: affine.weight,
-        bias: affine.bias,
+    let job = ForwardJob {
+        norm: Norm::Layer,
         x,
+        normalized_len,
+        affine,
+        eps,
         y,
         mean,
         rstd,
     };
-    let isa = arch::active();
-    let blocks = Blocks::for_map(shape.rows, shape.cols);
-    for_each_block(par, x.len(), blocks, work, &|block, _| {
-        T::forward_block(isa, block)
-    });
-    Ok(())
+    rows::forward(job, par)
 }

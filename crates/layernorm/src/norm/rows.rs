@@ -1,0 +1,158 @@
+//! The drivers shared by every row-wise normalization (LayerNorm, RMSNorm): validate the
+//! buffers, cut the rows into deterministic blocks, run the kernel of the element type on
+//! each, and combine the dγ/dβ partials in a fixed order.
+
+use crate::arch;
+use crate::dtype::{Element, Float};
+use crate::error::{Operand, Result};
+use crate::kernels::{BackwardBlock, ForwardBlock, Norm};
+use crate::layout::RowsCols;
+use crate::norm::{check_eps, check_len, Affine, GradsMut};
+use crate::par::{for_each_block, Blocks, Parallelism};
+
+/// A forward call, before validation.
+pub(crate) struct ForwardJob<'a, T: Element> {
+    pub norm: Norm,
+    pub x: &'a [T],
+    pub normalized_len: usize,
+    pub affine: Affine<'a, T>,
+    pub eps: f64,
+    pub y: &'a mut [T],
+    /// Per-row means to fill (LayerNorm only) and per-row rstd.
+    pub mean: Option<&'a mut [T::Compute]>,
+    pub rstd: Option<&'a mut [T::Compute]>,
+}
+
+pub(crate) fn forward<T: Element>(job: ForwardJob<'_, T>, par: Parallelism) -> Result<()> {
+    let ForwardJob {
+        norm,
+        x,
+        normalized_len,
+        affine,
+        eps,
+        y,
+        mean,
+        rstd,
+    } = job;
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    check_eps::<T::Compute>(eps)?;
+    affine.check(shape.cols)?;
+    check_len(Operand::Output, x.len(), y.len())?;
+    if let Some(m) = &mean {
+        check_len(Operand::Mean, shape.rows, m.len())?;
+    }
+    if let Some(r) = &rstd {
+        check_len(Operand::Rstd, shape.rows, r.len())?;
+    }
+    let work = ForwardBlock {
+        norm,
+        cols: shape.cols,
+        eps,
+        stream: std::mem::size_of_val(y) >= *arch::STREAM_MIN_BYTES,
+        weight: affine.weight,
+        bias: affine.bias,
+        x,
+        y,
+        mean,
+        rstd,
+    };
+    let isa = arch::active();
+    let blocks = Blocks::for_map(shape.rows, shape.cols);
+    for_each_block(par, x.len(), blocks, work, &|block, _| {
+        T::forward_block(isa, block)
+    });
+    Ok(())
+}
+
+/// A backward call, before validation.
+pub(crate) struct BackwardJob<'a, T: Element> {
+    pub norm: Norm,
+    pub dy: &'a [T],
+    pub x: &'a [T],
+    pub normalized_len: usize,
+    /// Saved per-row means (LayerNorm only) and rstd.
+    pub mean: Option<&'a [T::Compute]>,
+    pub rstd: &'a [T::Compute],
+    pub weight: Option<&'a [T]>,
+    pub grads: GradsMut<'a, T>,
+}
+
+pub(crate) fn backward<T: Element>(job: BackwardJob<'_, T>, par: Parallelism) -> Result<()> {
+    let BackwardJob {
+        norm,
+        dy,
+        x,
+        normalized_len,
+        mean,
+        rstd,
+        weight,
+        grads,
+    } = job;
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    let cols = shape.cols;
+    check_len(Operand::GradOutput, x.len(), dy.len())?;
+    if let Some(m) = mean {
+        check_len(Operand::Mean, shape.rows, m.len())?;
+    }
+    check_len(Operand::Rstd, shape.rows, rstd.len())?;
+    if let Some(w) = weight {
+        check_len(Operand::Weight, cols, w.len())?;
+    }
+    if let Some(dx) = &grads.dx {
+        check_len(Operand::GradInput, x.len(), dx.len())?;
+    }
+    if let Some(dw) = &grads.dweight {
+        check_len(Operand::GradWeight, cols, dw.len())?;
+    }
+    if let Some(db) = &grads.dbias {
+        check_len(Operand::GradBias, cols, db.len())?;
+    }
+
+    let want_dw = grads.dweight.is_some();
+    let want_db = grads.dbias.is_some();
+    let partial_len = cols * (usize::from(want_dw) + usize::from(want_db));
+    let blocks = if partial_len > 0 {
+        Blocks::for_reduction(shape.rows, cols, partial_len / cols)
+    } else {
+        Blocks::for_map(shape.rows, cols)
+    };
+    let mut partials = vec![0.0f64; blocks.count() * partial_len];
+    let work = BackwardBlock {
+        norm,
+        cols,
+        block_rows: blocks.block_rows,
+        partial_len,
+        want_dweight: want_dw,
+        want_dbias: want_db,
+        weight,
+        x,
+        dy,
+        mean,
+        rstd,
+        dx: grads.dx,
+        partials: &mut partials,
+    };
+    let isa = arch::active();
+    for_each_block(par, x.len(), blocks, work, &|block, _| {
+        T::backward_block(isa, block)
+    });
+
+    // Combine the block partials in block order, into the first block's (so every column is
+    // p0 + p1 + p2 + …, whatever the threads): the result does not depend on threads.
+    let first_len = partial_len.min(partials.len());
+    let (first, rest) = partials.split_at_mut(first_len);
+    for block in rest.chunks_exact(partial_len.max(1)) {
+        for (acc, v) in first.iter_mut().zip(block) {
+            *acc += v;
+        }
+    }
+    let narrow = |v: &f64| T::narrow(T::Compute::from_f64(*v));
+    let (dw_sum, db_sum) = first.split_at(if want_dw { cols } else { 0 });
+    if let Some(dw) = grads.dweight {
+        dw.iter_mut().zip(dw_sum).for_each(|(o, v)| *o = narrow(v));
+    }
+    if let Some(db) = grads.dbias {
+        db.iter_mut().zip(db_sum).for_each(|(o, v)| *o = narrow(v));
+    }
+    Ok(())
+}
