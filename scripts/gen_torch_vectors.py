@@ -28,6 +28,13 @@ CASES = [
     ("plain_f64", "float64", (6, 16), (16,), "none", 1e-5, 0.0),
 ]
 
+# RMSNorm cases (torch.nn.functional.rms_norm): name, dtype, shape, normalized shape, weight?, eps
+RMS_CASES = [
+    ("rms_seed_f32", "float32", (2, 3, 2), (2,), True, 1e-5),
+    ("rms_f32", "float32", (5, 64), (64,), True, 1e-6),
+    ("rms_f64", "float64", (3, 4, 5), (4, 5), False, 1e-5),
+]
+
 SEED_X = [[[0.1, 0.5], [0.3, 0.8], [0.9, 0.4]], [[0.9, 0.4], [0.2, 0.3], [0.6, 0.7]]]
 
 
@@ -68,7 +75,31 @@ def main():
         fmt = lambda s: "x".join(str(d) for d in s)
         manifest.append(f"{name} {dtype} {fmt(shape)} {fmt(nshape)} {affine} {eps!r}")
     (OUT / "manifest.txt").write_text("\n".join(manifest) + "\n")
-    print(f"wrote {len(CASES)} cases to {OUT}")
+    rms_manifest = ["# name dtype shape normalized_shape weight eps (torch.nn.functional.rms_norm)"]
+    for name, dtype, shape, nshape, has_weight, eps in RMS_CASES:
+        dt = getattr(torch, dtype)
+        if name.startswith("rms_seed"):
+            x = torch.tensor(SEED_X, dtype=dt)
+        else:
+            x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dt)
+        x.requires_grad_(True)
+        w = None
+        if has_weight:
+            w = (1.0 + 0.5 * torch.randn(nshape, generator=gen, dtype=torch.float64)).to(dt)
+            w.requires_grad_(True)
+        y = torch.nn.functional.rms_norm(x, list(nshape), w, eps)
+        dy = torch.randn(shape, generator=gen, dtype=torch.float64).to(dt)
+        y.backward(dy)
+        arrays = {"x": x, "dy": dy, "y": y, "dx": x.grad}
+        if w is not None:
+            arrays["weight"] = w
+            arrays["dweight"] = w.grad
+        for key, t in arrays.items():
+            np.save(OUT / f"{name}.{key}.npy", t.detach().numpy())
+        fmt = lambda s: "x".join(str(d) for d in s)
+        rms_manifest.append(f"{name} {dtype} {fmt(shape)} {fmt(nshape)} {int(has_weight)} {eps!r}")
+    (OUT / "rms_manifest.txt").write_text("\n".join(rms_manifest) + "\n")
+    print(f"wrote {len(CASES)} LayerNorm and {len(RMS_CASES)} RMSNorm cases to {OUT}")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,51 @@ pub fn layer_norm_backward(
     let sum_each = |cols: Vec<Vec<f64>>| cols.into_iter().map(compensated_sum).collect();
     (dx, sum_each(dweight), sum_each(dbias))
 }
+
+/// RMSNorm forward in f64: `(y, rstd)`.
+pub fn rms_norm_forward(
+    x: &[f64],
+    cols: usize,
+    weight: Option<&[f64]>,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut y = Vec::with_capacity(x.len());
+    let mut rstds = Vec::with_capacity(x.len() / cols);
+    for row in x.chunks_exact(cols) {
+        let mean_sq = compensated_sum(row.iter().map(|v| v * v)) / cols as f64;
+        let rstd = 1.0 / (mean_sq + eps).sqrt();
+        y.extend(
+            row.iter()
+                .enumerate()
+                .map(|(j, v)| v * rstd * weight.map_or(1.0, |w| w[j])),
+        );
+        rstds.push(rstd);
+    }
+    (y, rstds)
+}
+
+/// RMSNorm backward in f64, `rstd` recomputed from `x`: `(dx, dweight)`.
+pub fn rms_norm_backward(
+    dy: &[f64],
+    x: &[f64],
+    cols: usize,
+    weight: Option<&[f64]>,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let (_, rstds) = rms_norm_forward(x, cols, None, eps);
+    let n = cols as f64;
+    let mut dx = Vec::with_capacity(x.len());
+    let mut dweight = vec![Vec::new(); cols];
+    for ((row, drow), &rstd) in x.chunks_exact(cols).zip(dy.chunks_exact(cols)).zip(&rstds) {
+        let xhat: Vec<f64> = row.iter().map(|v| v * rstd).collect();
+        let g: Vec<f64> = (0..cols)
+            .map(|j| drow[j] * weight.map_or(1.0, |w| w[j]))
+            .collect();
+        let mean_gx = compensated_sum(g.iter().zip(&xhat).map(|(g, h)| g * h)) / n;
+        for j in 0..cols {
+            dx.push(rstd * (g[j] - xhat[j] * mean_gx));
+            dweight[j].push(drow[j] * xhat[j]);
+        }
+    }
+    (dx, dweight.into_iter().map(compensated_sum).collect())
+}

@@ -177,3 +177,71 @@ fn the_seed_example_matches_pytorch_closely() {
         0.0,
     );
 }
+
+fn run_rms_case<T: Element + npyz::Deserialize>(case: &str, nshape: &[usize], eps: f64) {
+    let cols: usize = nshape.iter().product();
+    let x: Vec<T> = load(case, "x").unwrap();
+    let dy: Vec<T> = load(case, "dy").unwrap();
+    let w: Option<Vec<T>> = load(case, "weight");
+    let par = Parallelism::Rayon;
+    let (y, rstd) = layernorm::rms_norm::forward(&x, cols, w.as_deref(), eps, par).unwrap();
+    let g = layernorm::rms_norm::backward(&dy, &x, cols, &rstd, w.as_deref(), GradMask::ALL, par)
+        .unwrap();
+    let want = |name: &str| widen_all(&load::<T>(case, name).unwrap());
+    // PyTorch's composite rms_norm squares and averages in the input precision: error up to
+    // about n·u of the row's scale (|x̂| ≤ √n).
+    let torch_err = 4.0 * cols as f64 * T::UNIT_ROUNDOFF;
+    let gamma = w.as_ref().map_or(1.0, |w| max_abs(&widen_all(w)));
+    let scale = (cols as f64).sqrt() * gamma;
+    assert_close(
+        &format!("{case} y"),
+        &widen_all(&y),
+        &want("y"),
+        torch_err * scale,
+        0.0,
+    );
+    let dy_scale = max_abs(&widen_all(&dy));
+    let rstd_max = widen_stats(&rstd).iter().fold(0.0f64, |m, v| m.max(*v));
+    let dx_tol = torch_err * rstd_max * dy_scale * gamma * 3.0 * cols as f64;
+    assert_close(
+        &format!("{case} dx"),
+        &widen_all(g.dx.as_ref().unwrap()),
+        &want("dx"),
+        dx_tol,
+        0.0,
+    );
+    if let Some(dw) = load::<T>(case, "dweight") {
+        let rows = x.len() / cols;
+        let dw_tol = torch_err * dy_scale * (cols as f64).sqrt() * rows as f64;
+        assert_close(
+            &format!("{case} dweight"),
+            &widen_all(g.dweight.as_ref().unwrap()),
+            &widen_all(&dw),
+            dw_tol,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn matches_pytorch_rms_norm_vectors() {
+    let manifest = std::fs::read_to_string(dir().join("rms_manifest.txt")).unwrap();
+    let mut cases = 0;
+    for line in manifest
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [name, dtype, _shape, nshape, _weight, eps] = f[..] else {
+            panic!("bad manifest line {line:?}")
+        };
+        let (nshape, eps) = (dims(nshape), eps.parse::<f64>().unwrap());
+        match dtype {
+            "float32" => run_rms_case::<f32>(name, &nshape, eps),
+            "float64" => run_rms_case::<f64>(name, &nshape, eps),
+            other => panic!("unknown dtype {other}"),
+        }
+        cases += 1;
+    }
+    assert_eq!(cases, 3, "every case in the manifest ran");
+}

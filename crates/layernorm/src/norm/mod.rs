@@ -3,6 +3,7 @@
 pub mod batch_norm;
 pub mod layer_norm;
 mod params;
+pub mod rms_norm;
 mod rows;
 
 pub use params::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};

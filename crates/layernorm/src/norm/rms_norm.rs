@@ -1,0 +1,145 @@
+//! RMSNorm over the trailing dimensions: LayerNorm without the centring, as in LLaMA-style
+//! models (PyTorch `F.rms_norm`, ONNX `RMSNormalization`).
+//!
+//! ```text
+//! rstd = 1/√(mean(x²) + ε)    x̂ = x·rstd    y = x̂·γ
+//! dx = rstd·(g − x̂·mean(g·x̂)),  g = dy·γ        dγ = Σ_rows dy·x̂
+//! ```
+//!
+//! Same kernels, numerics and guarantees as [`layer_norm`](crate::layer_norm): mean(x²) is
+//! accumulated in f64 (exact squares of f32 inputs, rescaled for f64 rows that would
+//! overflow), outputs are bitwise identical across thread counts and batch sizes, NaN/Inf stay
+//! in their row. The saved statistic is `rstd` alone (one per row).
+//!
+//! Default ε: 1e-5 here ([`DEFAULT_EPS`], ONNX's default and that of most LLaMA checkpoints).
+//! PyTorch's `F.rms_norm(eps=None)` uses `torch.finfo(x.dtype).eps` instead; pass it explicitly
+//! to match (1.19e-7 for f32).
+
+use crate::arch;
+use crate::dtype::{Element, Float};
+use crate::error::Result;
+use crate::kernels::Norm;
+use crate::layout::RowsCols;
+use crate::norm::rows::{self, BackwardJob, ForwardJob};
+use crate::norm::{Affine, GradMask, Gradients, GradsMut};
+use crate::par::Parallelism;
+
+/// ε used when none is given (ONNX `RMSNormalization`'s default).
+pub const DEFAULT_EPS: f64 = 1e-5;
+
+/// RMS-normalizes `x`, viewed as rows of `normalized_len` elements, scaling by `weight` (γ)
+/// if given; returns `y` and the per-row `rstd = 1/√(mean(x²) + ε)`.
+///
+/// ```
+/// use layernorm::{rms_norm, Parallelism};
+///
+/// let x = [3.0f32, 4.0]; // mean(x²) = 12.5
+/// let (y, rstd) = rms_norm::forward(&x, 2, None, 1e-5, Parallelism::Sequential)?;
+/// assert!((rstd[0] - 1.0 / 12.5f32.sqrt()).abs() < 1e-6);
+/// assert!((y[0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6);
+/// # Ok::<(), layernorm::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`layer_norm::forward`](crate::layer_norm::forward).
+pub fn forward<T: Element>(
+    x: &[T],
+    normalized_len: usize,
+    weight: Option<&[T]>,
+    eps: f64,
+    par: Parallelism,
+) -> Result<(Vec<T>, Vec<T::Compute>)> {
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    let mut y = arch::filled_vec(x.len());
+    let mut rstd = vec![T::Compute::ZERO; shape.rows];
+    forward_into(x, normalized_len, weight, eps, &mut y, Some(&mut rstd), par)?;
+    Ok((y, rstd))
+}
+
+/// [`forward`] into caller-provided buffers, allocating nothing.
+///
+/// # Errors
+/// As [`forward`], plus [`Error::LengthMismatch`](crate::Error::LengthMismatch) for `y` or
+/// `rstd` of the wrong length.
+pub fn forward_into<T: Element>(
+    x: &[T],
+    normalized_len: usize,
+    weight: Option<&[T]>,
+    eps: f64,
+    y: &mut [T],
+    rstd: Option<&mut [T::Compute]>,
+    par: Parallelism,
+) -> Result<()> {
+    let affine = Affine { weight, bias: None };
+    let job = ForwardJob {
+        norm: Norm::Rms,
+        x,
+        normalized_len,
+        affine,
+        eps,
+        y,
+        mean: None,
+        rstd,
+    };
+    rows::forward(job, par)
+}
+
+/// Gradients of RMSNorm for `x` and γ (as `mask` selects; `mask.bias` is ignored and `dbias`
+/// comes back `None`), from the upstream gradient and the saved `rstd`.
+///
+/// # Errors
+/// As [`layer_norm::backward`](crate::layer_norm::backward).
+pub fn backward<T: Element>(
+    dy: &[T],
+    x: &[T],
+    normalized_len: usize,
+    rstd: &[T::Compute],
+    weight: Option<&[T]>,
+    mask: GradMask,
+    par: Parallelism,
+) -> Result<Gradients<T>> {
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    let buffer = |wanted: bool, len: usize| wanted.then(|| arch::filled_vec(len));
+    let mut grads = Gradients {
+        dx: buffer(mask.input, x.len()),
+        dweight: buffer(mask.weight, shape.cols),
+        dbias: None,
+    };
+    backward_into(
+        dy,
+        x,
+        normalized_len,
+        rstd,
+        weight,
+        GradsMut::from_gradients(&mut grads),
+        par,
+    )?;
+    Ok(grads)
+}
+
+/// [`backward`] into caller-provided buffers (`grads.dbias`, if given, receives Σ_rows dy).
+///
+/// # Errors
+/// As [`backward`], plus [`Error::LengthMismatch`](crate::Error::LengthMismatch) for an
+/// output buffer of the wrong length.
+pub fn backward_into<T: Element>(
+    dy: &[T],
+    x: &[T],
+    normalized_len: usize,
+    rstd: &[T::Compute],
+    weight: Option<&[T]>,
+    grads: GradsMut<'_, T>,
+    par: Parallelism,
+) -> Result<()> {
+    let job = BackwardJob {
+        norm: Norm::Rms,
+        dy,
+        x,
+        normalized_len,
+        mean: None,
+        rstd,
+        weight,
+        grads,
+    };
+    rows::backward(job, par)
+}
