@@ -38,6 +38,8 @@ __version__ = _layernorm.__version__
 __all__ = [
     "layer_norm",
     "layer_norm_backward",
+    "rms_norm",
+    "rms_norm_backward",
     "LayerNormalization",
     "cpu_info",
     "LayerNormError",
@@ -160,6 +162,53 @@ def layer_norm_backward(
     if db is not None:
         db = db.reshape(shape)
     return dx, dw, db
+
+
+def rms_norm(
+    x: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    *,
+    return_stats: bool = False,
+    out: Optional[np.ndarray] = None,
+):
+    """RMSNorm over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.rms_norm``:
+    ``y = x / sqrt(mean(x**2) + eps) * weight``.
+
+    Returns ``y``, or ``(y, rstd)`` with ``return_stats=True`` (``rstd`` shaped
+    ``x.shape[:-k] + (1,)*k``). The default ``eps=1e-5`` is ONNX's; PyTorch's ``eps=None``
+    means ``np.finfo(x.dtype).eps`` — pass that to match it exactly.
+    """
+    shape = _normalized(normalized_shape)
+    x = _float_array(x, "x")
+    w = None if weight is None else _float_array(weight, "weight")
+    if out is not None and not isinstance(out, np.ndarray):
+        raise DTypeError(f"out must be a numpy array, got {type(out).__name__}")
+    y, rstd = _layernorm.rms_norm_forward(x, list(shape), w, float(eps), out)
+    if not return_stats:
+        return y
+    return y, rstd.reshape(_stats_shape(x, len(shape)))
+
+
+def rms_norm_backward(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    rstd: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray] = None,
+    output_mask: Tuple[bool, bool] = (True, True),
+):
+    """Gradients ``(dx, dweight)`` of :func:`rms_norm` (``None`` where masked or where there
+    is no weight), from the ``rstd`` that ``rms_norm(..., return_stats=True)`` returned."""
+    shape = _normalized(normalized_shape)
+    x = _float_array(x, "x")
+    grad_out = _float_array(grad_out, "grad_out")
+    rstd = np.ascontiguousarray(np.asarray(rstd), dtype=_stats_dtype(x)).reshape(-1)
+    w = None if weight is None else _float_array(weight, "weight")
+    want = (bool(output_mask[0]), bool(output_mask[1]) and w is not None)
+    dx, dw = _layernorm.rms_norm_backward(grad_out, x, rstd, list(shape), w, want)
+    return dx, (None if dw is None else dw.reshape(shape))
 
 
 class LayerNormalization:

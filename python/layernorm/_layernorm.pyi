@@ -31,5 +31,20 @@ def layer_norm_backward(
     weight: Optional[np.ndarray] = None,
     output_mask: Tuple[bool, bool, bool] = (True, True, True),
 ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
+def rms_norm_forward(
+    x: np.ndarray,
+    normalized_shape: Sequence[int],
+    weight: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    out: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray]: ...
+def rms_norm_backward(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    rstd: np.ndarray,
+    normalized_shape: Sequence[int],
+    weight: Optional[np.ndarray] = None,
+    output_mask: Tuple[bool, bool] = (True, True),
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]: ...
 def after_fork_in_child() -> None: ...
 def cpu_info() -> Tuple[str, list[str]]: ...

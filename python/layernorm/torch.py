@@ -14,8 +14,10 @@ import torch
 
 from . import layer_norm as _forward
 from . import layer_norm_backward as _backward
+from . import rms_norm as _rms_forward
+from . import rms_norm_backward as _rms_backward
 
-__all__ = ["layer_norm", "LayerNorm"]
+__all__ = ["layer_norm", "LayerNorm", "rms_norm", "RMSNorm"]
 
 
 def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
@@ -77,3 +79,52 @@ class LayerNorm(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, normalized_shape, eps):
+        y, rstd = _rms_forward(_np(x), normalized_shape, _np(weight), eps, return_stats=True)
+        ctx.save_for_backward(x, weight, torch.from_numpy(rstd))
+        ctx.normalized_shape = tuple(normalized_shape)
+        return torch.from_numpy(y).to(x.device)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, rstd = ctx.saved_tensors
+        mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        dx, dw = _rms_backward(_np(grad_out), _np(x), rstd.numpy(), ctx.normalized_shape, _np(weight), mask)
+        to = lambda a: None if a is None else torch.from_numpy(a).to(x.device)
+        return to(dx), to(dw), None, None
+
+
+def rms_norm(
+    input: torch.Tensor,
+    normalized_shape: Union[int, Sequence[int]],
+    weight: Optional[torch.Tensor] = None,
+    eps: Optional[float] = None,
+) -> torch.Tensor:
+    """``torch.nn.functional.rms_norm`` (``eps=None`` meaning the dtype's machine epsilon, as
+    PyTorch does), computed by layernorm's kernels, with autograd."""
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    return _RMSNormFunction.apply(input, weight, tuple(normalized_shape), float(eps))
+
+
+class RMSNorm(torch.nn.Module):
+    """``torch.nn.RMSNorm`` backed by layernorm's kernels."""
+
+    def __init__(self, normalized_shape, eps: Optional[float] = None, elementwise_affine: bool = True, dtype=None):
+        super().__init__()
+        if isinstance(normalized_shape, int):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape = tuple(normalized_shape)
+        self.eps = eps
+        self.weight = (
+            torch.nn.Parameter(torch.ones(self.normalized_shape, dtype=dtype)) if elementwise_affine else None
+        )
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return rms_norm(input, self.normalized_shape, self.weight, self.eps)

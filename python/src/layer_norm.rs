@@ -1,8 +1,8 @@
 //! `layer_norm_forward` and `layer_norm_backward`: dtype dispatch around the core's
-//! `layer_norm::forward(_into)` and `layer_norm::backward`.
+//! `layer_norm` and `rms_norm` (forward, forward_into, backward).
 
 use layernorm::layout::RowsCols;
-use layernorm::{bf16, f16, layer_norm, Affine, Element, GradMask, StatsMut, StatsRef};
+use layernorm::{bf16, f16, layer_norm, rms_norm, Affine, Element, GradMask, StatsMut, StatsRef};
 use numpy::{
     PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
@@ -13,6 +13,7 @@ use crate::errors::{to_py, DTypeError, ShapeError};
 use crate::pool;
 
 type Arrays<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
+type MaybeArray<'py> = Option<Bound<'py, PyAny>>;
 type MaybeArrays<'py> = (
     Option<Bound<'py, PyAny>>,
     Option<Bound<'py, PyAny>>,
@@ -75,6 +76,13 @@ fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>, what: &str) ->
         .map_err(|_| ShapeError::new_err(format!("{what} must be C-contiguous")))
 }
 
+/// LayerNorm (centred) or RMSNorm (not).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Layer,
+    Rms,
+}
+
 /// Normalizes `x` over its trailing `normalized_shape`; returns flat `(y, mean, rstd)` (or
 /// `out` as y when given).
 #[pyfunction]
@@ -87,17 +95,45 @@ pub fn layer_norm_forward<'py>(
     eps: f64,
     out: Option<&Bound<'py, PyUntypedArray>>,
 ) -> PyResult<Arrays<'py>> {
+    dispatch_forward(Kind::Layer, x, &normalized_shape, weight, bias, eps, out)
+}
+
+/// RMS-normalizes `x` over its trailing `normalized_shape`; returns flat `(y, rstd)` (or
+/// `out` as y when given).
+#[pyfunction]
+#[pyo3(signature = (x, normalized_shape, weight=None, eps=1e-5, out=None))]
+pub fn rms_norm_forward<'py>(
+    x: &Bound<'py, PyUntypedArray>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'py, PyUntypedArray>>,
+    eps: f64,
+    out: Option<&Bound<'py, PyUntypedArray>>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let (y, _, rstd) = dispatch_forward(Kind::Rms, x, &normalized_shape, weight, None, eps, out)?;
+    Ok((y, rstd))
+}
+
+fn dispatch_forward<'py>(
+    kind: Kind,
+    x: &Bound<'py, PyUntypedArray>,
+    normalized_shape: &[usize],
+    weight: Option<&Bound<'py, PyUntypedArray>>,
+    bias: Option<&Bound<'py, PyUntypedArray>>,
+    eps: f64,
+    out: Option<&Bound<'py, PyUntypedArray>>,
+) -> PyResult<Arrays<'py>> {
     let name = dtype_name(x)?;
     match name.as_str() {
-        "float32" => forward::<f32>(x, &normalized_shape, weight, bias, eps, out),
-        "float64" => forward::<f64>(x, &normalized_shape, weight, bias, eps, out),
-        "float16" => forward::<f16>(x, &normalized_shape, weight, bias, eps, out),
-        "bfloat16" => forward::<bf16>(x, &normalized_shape, weight, bias, eps, out),
+        "float32" => forward::<f32>(kind, x, normalized_shape, weight, bias, eps, out),
+        "float64" => forward::<f64>(kind, x, normalized_shape, weight, bias, eps, out),
+        "float16" => forward::<f16>(kind, x, normalized_shape, weight, bias, eps, out),
+        "bfloat16" => forward::<bf16>(kind, x, normalized_shape, weight, bias, eps, out),
         other => Err(unsupported(other)),
     }
 }
 
 fn forward<'py, T>(
+    kind: Kind,
     x: &Bound<'py, PyUntypedArray>,
     normalized_shape: &[usize],
     weight: Option<&Bound<'py, PyUntypedArray>>,
@@ -125,8 +161,10 @@ where
     let (cols, elems) = (rows_cols.cols, xs.len());
     match out {
         None => {
-            let (y, stats) = pool::run(py, elems, |par| {
-                layer_norm::forward(xs, cols, affine, eps, par)
+            let (y, stats) = pool::run(py, elems, |par| match kind {
+                Kind::Layer => layer_norm::forward(xs, cols, affine, eps, par),
+                Kind::Rms => rms_norm::forward(xs, cols, affine.weight, eps, par)
+                    .map(|(y, rstd)| (y, layernorm::Stats { mean: vec![], rstd })),
             })
             .map_err(to_py)?;
             let y = PyArray1::from_vec(py, y).reshape(shape)?;
@@ -154,12 +192,17 @@ where
                 .map_err(|_| ShapeError::new_err("out must be C-contiguous"))?;
             let zero = <T::Compute as layernorm::Float>::ZERO;
             let (mut mean, mut rstd) = (vec![zero; rows_cols.rows], vec![zero; rows_cols.rows]);
-            let stats = StatsMut {
-                mean: &mut mean,
-                rstd: &mut rstd,
-            };
-            pool::run(py, elems, |par| {
-                layer_norm::forward_into(xs, cols, affine, eps, ys, Some(stats), par)
+            pool::run(py, elems, |par| match kind {
+                Kind::Layer => {
+                    let stats = StatsMut {
+                        mean: &mut mean,
+                        rstd: &mut rstd,
+                    };
+                    layer_norm::forward_into(xs, cols, affine, eps, ys, Some(stats), par)
+                }
+                Kind::Rms => {
+                    rms_norm::forward_into(xs, cols, affine.weight, eps, ys, Some(&mut rstd), par)
+                }
             })
             .map_err(to_py)?;
             drop(y);
@@ -182,16 +225,45 @@ pub fn layer_norm_backward<'py>(
     weight: Option<&Bound<'py, PyUntypedArray>>,
     output_mask: (bool, bool, bool),
 ) -> PyResult<MaybeArrays<'py>> {
-    let name = dtype_name(x)?;
     let args = (
         grad_out,
         x,
-        mean,
+        Some(mean),
         rstd,
         normalized_shape.as_slice(),
         weight,
         output_mask,
     );
+    dispatch_backward(args)
+}
+
+/// Gradients `(dx, dweight)` (flat, `None` where not requested) of RMSNorm.
+#[pyfunction]
+#[pyo3(signature = (grad_out, x, rstd, normalized_shape, weight=None, output_mask=(true, true)))]
+pub fn rms_norm_backward<'py>(
+    grad_out: &Bound<'py, PyUntypedArray>,
+    x: &Bound<'py, PyUntypedArray>,
+    rstd: &Bound<'py, PyUntypedArray>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'py, PyUntypedArray>>,
+    output_mask: (bool, bool),
+) -> PyResult<(MaybeArray<'py>, MaybeArray<'py>)> {
+    let mask = (output_mask.0, output_mask.1, false);
+    let args = (
+        grad_out,
+        x,
+        None,
+        rstd,
+        normalized_shape.as_slice(),
+        weight,
+        mask,
+    );
+    let (dx, dw, _) = dispatch_backward(args)?;
+    Ok((dx, dw))
+}
+
+fn dispatch_backward<'py>(args: BackwardArgs<'_, 'py>) -> PyResult<MaybeArrays<'py>> {
+    let name = dtype_name(args.1)?;
     match name.as_str() {
         "float32" => backward::<f32>(args),
         "float64" => backward::<f64>(args),
@@ -201,10 +273,11 @@ pub fn layer_norm_backward<'py>(
     }
 }
 
+/// grad_out, x, mean (None: RMSNorm), rstd, normalized shape, weight, output mask.
 type BackwardArgs<'a, 'py> = (
     &'a Bound<'py, PyUntypedArray>,
     &'a Bound<'py, PyUntypedArray>,
-    &'a Bound<'py, PyUntypedArray>,
+    Option<&'a Bound<'py, PyUntypedArray>>,
     &'a Bound<'py, PyUntypedArray>,
     &'a [usize],
     Option<&'a Bound<'py, PyUntypedArray>>,
@@ -232,14 +305,14 @@ where
         typed::<T>(grad_out, "grad_out", T::NAME)?,
     );
     let stats_dtype = <T::Compute as layernorm::Float>::NAME;
-    let mean = typed::<T::Compute>(mean, "mean", stats_dtype)?;
+    let mean = mean
+        .map(|m| typed::<T::Compute>(m, "mean", stats_dtype))
+        .transpose()?;
     let rstd = typed::<T::Compute>(rstd, "rstd", stats_dtype)?;
     let w = param::<T>(weight, "weight", normalized_shape)?;
     let (xs, dys) = (slice(&x, "x")?, slice(&dy, "grad_out")?);
-    let stats = StatsRef {
-        mean: slice(&mean, "mean")?,
-        rstd: slice(&rstd, "rstd")?,
-    };
+    let means = mean.as_ref().map(|m| slice(m, "mean")).transpose()?;
+    let rstds = slice(&rstd, "rstd")?;
     let ws = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
     let mask = GradMask {
         input: mask.0,
@@ -247,8 +320,12 @@ where
         bias: mask.2,
     };
     let cols = rows_cols.cols;
-    let grads = pool::run(py, xs.len(), |par| {
-        layer_norm::backward(dys, xs, cols, stats, ws, mask, par)
+    let grads = pool::run(py, xs.len(), |par| match means {
+        Some(mean) => {
+            let stats = StatsRef { mean, rstd: rstds };
+            layer_norm::backward(dys, xs, cols, stats, ws, mask, par)
+        }
+        None => rms_norm::backward(dys, xs, cols, rstds, ws, mask, par),
     })
     .map_err(to_py)?;
     let wrap = |v: Option<Vec<T>>| v.map(|v| PyArray1::from_vec(py, v).into_any());

@@ -34,3 +34,23 @@ def reference_backward(dy, x, k, w=None, eps=1e-5):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261127)
+
+
+def reference_rms(x, k, w=None, eps=1e-5):
+    """RMSNorm in float64: (y, rstd)."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    rstd = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    y = x * rstd
+    return (y if w is None else y * np.asarray(w, dtype=np.float64)), rstd
+
+
+def reference_rms_backward(dy, x, k, w=None, eps=1e-5):
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    _, rstd = reference_rms(x, k, eps=eps)
+    xhat = x * rstd
+    g = dy * (1.0 if w is None else np.asarray(w, dtype=np.float64))
+    dx = rstd * (g - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    return dx, (dy * xhat).sum(axis=tuple(range(x.ndim - k)))

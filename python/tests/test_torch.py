@@ -52,3 +52,12 @@ def test_more_exact_than_torch_at_a_large_mean():
     ours = layernorm.layer_norm(x.numpy(), 768)
     err = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
     assert err < 1e-6
+
+
+def test_rms_autograd_passes_gradcheck_and_matches_torch():
+    x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: lt.rms_norm(x, 7, w), (x, w))
+    ours = lt.RMSNorm(7, dtype=torch.float64)(x)
+    theirs = torch.nn.RMSNorm(7, dtype=torch.float64)(x)
+    np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().numpy(), atol=1e-12)
