@@ -32,6 +32,12 @@ pub enum Operand {
     GradBias,
     /// The normalized shape of a layer.
     NormalizedShape,
+    /// The residual added to the input (fused residual add).
+    Residual,
+    /// The sum output `x + residual` (fused residual add).
+    Sum,
+    /// The upstream gradient of the sum (fused residual add).
+    GradSum,
 }
 
 impl fmt::Display for Operand {
@@ -48,6 +54,9 @@ impl fmt::Display for Operand {
             Operand::GradWeight => "weight gradient",
             Operand::GradBias => "bias gradient",
             Operand::NormalizedShape => "normalized shape",
+            Operand::Residual => "residual",
+            Operand::Sum => "sum output",
+            Operand::GradSum => "sum gradient",
         })
     }
 }

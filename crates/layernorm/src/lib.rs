@@ -48,6 +48,7 @@ pub use dtype::{Element, Float};
 pub use error::{Error, Operand, Result};
 pub use half::{bf16, f16};
 pub use norm::layer_norm::{LayerNorm, LayerNormConfig};
+pub use norm::residual::{ResidualOut, ResidualOutput, Upstream};
 pub use norm::{batch_norm, layer_norm, rms_norm};
 pub use norm::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};
 pub use par::Parallelism;

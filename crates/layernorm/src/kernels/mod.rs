@@ -44,20 +44,46 @@ pub struct ForwardBlock<'a, T: Element> {
     pub(crate) weight: Option<&'a [T]>,
     pub(crate) bias: Option<&'a [T]>,
     pub(crate) x: &'a [T],
+    /// Fused residual add: `sum = x + residual` is written out and normalized instead of x.
+    pub(crate) residual: Option<Residual<'a, T>>,
     pub(crate) y: &'a mut [T],
     pub(crate) mean: Option<&'a mut [T::Compute]>,
     pub(crate) rstd: Option<&'a mut [T::Compute]>,
 }
 
+/// The residual input and the sum output of a fused residual add.
+pub struct Residual<'a, T> {
+    pub(crate) residual: &'a [T],
+    pub(crate) sum: &'a mut [T],
+}
+
 impl<T: Element> RowSplit for ForwardBlock<'_, T> {
     fn split_at(self, at: usize) -> (Self, Self) {
-        let (x0, x1) = self.x.split_at(at * self.cols);
-        let (y0, y1) = self.y.split_at_mut(at * self.cols);
+        let elems = at * self.cols;
+        let (x0, x1) = self.x.split_at(elems);
+        let (y0, y1) = self.y.split_at_mut(elems);
         let (m0, m1) = split_opt(self.mean, at);
         let (s0, s1) = split_opt(self.rstd, at);
+        let (r0, r1) = match self.residual {
+            Some(Residual { residual, sum }) => {
+                let (a, b) = residual.split_at(elems);
+                let (c, d) = sum.split_at_mut(elems);
+                (
+                    Some(Residual {
+                        residual: a,
+                        sum: c,
+                    }),
+                    Some(Residual {
+                        residual: b,
+                        sum: d,
+                    }),
+                )
+            }
+            None => (None, None),
+        };
         let (cols, eps, weight, bias) = (self.cols, self.eps, self.weight, self.bias);
         let (stream, norm) = (self.stream, self.norm);
-        let piece = |x, y, mean, rstd| ForwardBlock {
+        let piece = |x, residual, y, mean, rstd| ForwardBlock {
             norm,
             cols,
             eps,
@@ -65,11 +91,12 @@ impl<T: Element> RowSplit for ForwardBlock<'_, T> {
             weight,
             bias,
             x,
+            residual,
             y,
             mean,
             rstd,
         };
-        (piece(x0, y0, m0, s0), piece(x1, y1, m1, s1))
+        (piece(x0, r0, y0, m0, s0), piece(x1, r1, y1, m1, s1))
     }
 }
 
@@ -104,6 +131,8 @@ pub struct BackwardBlock<'a, T: Element> {
     pub(crate) mean: Option<&'a [T::Compute]>,
     pub(crate) rstd: &'a [T::Compute],
     pub(crate) dx: Option<&'a mut [T]>,
+    /// Fused residual add: the upstream gradient of the sum, added to dx.
+    pub(crate) dsum: Option<&'a [T]>,
     pub(crate) partials: &'a mut [f64],
 }
 
@@ -121,6 +150,13 @@ impl<T: Element> RowSplit for BackwardBlock<'_, T> {
         };
         let (s0, s1) = self.rstd.split_at(at);
         let (dx0, dx1) = split_opt(self.dx, elems);
+        let (ds0, ds1) = match self.dsum {
+            Some(d) => {
+                let (a, b) = d.split_at(elems);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
         // Splits fall on block boundaries (or at the end, for the short last block).
         let (p0, p1) = self
             .partials
@@ -128,7 +164,7 @@ impl<T: Element> RowSplit for BackwardBlock<'_, T> {
         let (cols, block_rows, partial_len) = (self.cols, self.block_rows, self.partial_len);
         let (want_dweight, want_dbias, weight) = (self.want_dweight, self.want_dbias, self.weight);
         let norm = self.norm;
-        let piece = |x, dy, mean, rstd, dx, partials| BackwardBlock {
+        let piece = |x, dy, mean, rstd, dx, dsum, partials| BackwardBlock {
             norm,
             cols,
             block_rows,
@@ -141,11 +177,12 @@ impl<T: Element> RowSplit for BackwardBlock<'_, T> {
             mean,
             rstd,
             dx,
+            dsum,
             partials,
         };
         (
-            piece(x0, dy0, m0, s0, dx0, p0),
-            piece(x1, dy1, m1, s1, dx1, p1),
+            piece(x0, dy0, m0, s0, dx0, ds0, p0),
+            piece(x1, dy1, m1, s1, dx1, ds1, p1),
         )
     }
 }

@@ -212,6 +212,8 @@ fn normalize<T: Element, K: Float, C: Center<K>>(
 /// Where the backward pass of one row writes: each output optional.
 pub(crate) struct RowGrads<'a, T> {
     pub dx: Option<&'a mut [T]>,
+    /// Fused residual add: the upstream gradient of the sum, added to dx.
+    pub dsum: Option<&'a [T]>,
     /// f64 partial sums of dγ for the row's block.
     pub dweight: Option<&'a mut [f64]>,
     /// f64 partial sums of dβ for the row's block.
@@ -267,13 +269,14 @@ fn backward_apply<T: Element, K: Float, C: Center<K>>(
     if let Some(dx) = out.dx {
         let (rstd, mean_g, mean_gx) =
             (K::from_f64(rstd), K::from_f64(mean_g), K::from_f64(mean_gx));
-        let dx_of = |g: K, x: T| store(rstd * (g - mean_g - xhat(x) * mean_gx));
-        let rows = dx.iter_mut().zip(x).zip(dy);
-        match weight {
-            None => rows.for_each(|((dx, &x), &dy)| *dx = dx_of(load(dy), x)),
-            Some(w) => rows
-                .zip(w)
-                .for_each(|(((dx, &x), &dy), &w)| *dx = dx_of(load::<T, K>(dy) * load(w), x)),
+        for i in 0..dx.len() {
+            let g = load::<T, K>(dy[i]) * weight.map_or(K::ONE, |w| load(w[i]));
+            let v = rstd * (g - mean_g - xhat(x[i]) * mean_gx);
+            // Fused residual: the sum's own upstream gradient flows straight through.
+            dx[i] = store(match out.dsum {
+                Some(ds) => v + load(ds[i]),
+                None => v,
+            });
         }
     }
     if let Some(dw) = out.dweight {
@@ -294,9 +297,23 @@ pub(crate) fn forward_block<T: Element>(mut block: super::ForwardBlock<'_, T>) {
     for r in 0..block.rows() {
         let span = r * cols..(r + 1) * cols;
         let (weight, bias, eps, norm) = (block.weight, block.bias, block.eps, block.norm);
-        let x = &block.x[span.clone()];
+        let x = match block.residual.as_mut() {
+            Some(res) => {
+                let sum = &mut res.sum[span.clone()];
+                add_row(&block.x[span.clone()], &res.residual[span.clone()], sum);
+                &*sum
+            }
+            None => &block.x[span.clone()],
+        };
         let stats = forward_row(x, weight, bias, eps, &mut block.y[span], norm);
         block.save_stats(r, stats);
+    }
+}
+
+/// `sum = x + residual`, in the compute type, rounded to the storage type.
+pub(crate) fn add_row<T: Element>(x: &[T], residual: &[T], sum: &mut [T]) {
+    for ((s, &a), &b) in sum.iter_mut().zip(x).zip(residual) {
+        *s = T::narrow(a.widen() + b.widen());
     }
 }
 
@@ -313,6 +330,7 @@ pub(crate) fn backward_block<T: Element>(block: super::BackwardBlock<'_, T>) {
         mean,
         rstd,
         mut dx,
+        dsum,
         partials,
         ..
     } = block;
@@ -323,6 +341,7 @@ pub(crate) fn backward_block<T: Element>(block: super::BackwardBlock<'_, T>) {
         let stats = (mean.map_or(0.0, |m| m[r].to_f64()), rstd[r].to_f64());
         let out = RowGrads {
             dx: dx.as_deref_mut().map(|dx| &mut dx[span.clone()]),
+            dsum: dsum.map(|ds| &ds[span.clone()]),
             dweight: want_dweight.then_some(&mut *dw),
             dbias: want_dbias.then_some(&mut *db),
         };

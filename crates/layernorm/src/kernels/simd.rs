@@ -63,7 +63,14 @@ fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool
         if r + 1 < rows && prefetches(cols, block.x) {
             prefetch(&block.x[span.end..span.end + cols]);
         }
-        let x = &block.x[span.clone()];
+        let x = match block.residual.as_mut() {
+            Some(res) => {
+                let sum = &mut res.sum[span.clone()];
+                add_row(s, &block.x[span.clone()], &res.residual[span.clone()], sum);
+                &*sum
+            }
+            None => &block.x[span.clone()],
+        };
         let stats = row_stats::<S, T, CENTER>(s, x, block.eps);
         let y = &mut block.y[span];
         let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
@@ -81,6 +88,28 @@ fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool
     if block.stream {
         s.fence();
     }
+}
+
+/// `sum = x + residual` (fused residual add), rounded to the storage type as the portable
+/// kernel does, so that y is exactly the normalization of the returned sum.
+#[inline(always)]
+fn add_row<S: Simd, T: Storage + Element<Compute = f32>>(
+    s: S,
+    x: &[T],
+    residual: &[T],
+    sum: &mut [T],
+) {
+    let (n, l) = (x.len(), S::LANES);
+    let mut i = 0;
+    while i + l <= n {
+        T::store(
+            s,
+            &mut sum[i..],
+            s.add(T::load(s, &x[i..]), T::load(s, &residual[i..])),
+        );
+        i += l;
+    }
+    portable::add_row(&x[i..], &residual[i..], &mut sum[i..]);
 }
 
 #[inline(always)]
@@ -291,6 +320,7 @@ fn backward_rows<
         mean,
         rstd,
         mut dx,
+        dsum,
         partials,
         ..
     } = block;
@@ -307,6 +337,7 @@ fn backward_rows<
         }
         let (xr, dyr) = (&x[span.clone()], &dy[span.clone()]);
         let out = RowGrads {
+            dsum: dsum.map(|ds| &ds[span.clone()]),
             dx: dx.as_deref_mut().map(|dx| &mut dx[span]),
             dweight: dw.as_deref_mut(),
             dbias: db.as_deref_mut(),
@@ -379,6 +410,7 @@ fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool
     let (c_g, c_x) = (s.splat(c_g_s), s.splat(c_x_s));
     let RowGrads {
         mut dx,
+        dsum,
         mut dweight,
         mut dbias,
     } = out;
@@ -398,11 +430,13 @@ fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool
             } else {
                 dyv
             };
-            T::store(
-                s,
-                &mut dx[i..],
-                s.sub(s.mul(rstd_v, g), s.mul_add(xhat, c_x, c_g)),
-            );
+            let v = s.sub(s.mul(rstd_v, g), s.mul_add(xhat, c_x, c_g));
+            // Fused residual: the sum's own upstream gradient flows straight through.
+            let v = match dsum {
+                Some(ds) => s.add(v, T::load(s, &ds[i..])),
+                None => v,
+            };
+            T::store(s, &mut dx[i..], v);
         }
         i += l;
     }
@@ -418,7 +452,8 @@ fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool
         }
         if let Some(dx) = dx.as_deref_mut() {
             let g = if W { dyj * weight[j].widen() } else { dyj };
-            dx[j] = T::narrow(rstd_s * g - (xhat * c_x_s + c_g_s));
+            let v = rstd_s * g - (xhat * c_x_s + c_g_s);
+            dx[j] = T::narrow(dsum.map_or(v, |ds| v + ds[j].widen()));
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod batch_norm;
 pub mod layer_norm;
 mod params;
+pub(crate) mod residual;
 pub mod rms_norm;
 mod rows;
 

@@ -20,6 +20,7 @@ use crate::dtype::{Element, Float};
 use crate::error::Result;
 use crate::kernels::Norm;
 use crate::layout::RowsCols;
+use crate::norm::residual::{self, ResidualOutput, Upstream};
 use crate::norm::rows::{self, BackwardJob, ForwardJob};
 use crate::norm::{Affine, GradMask, Gradients, GradsMut};
 use crate::par::Parallelism;
@@ -74,6 +75,7 @@ pub fn forward_into<T: Element>(
     let job = ForwardJob {
         norm: Norm::Rms,
         x,
+        residual: None,
         normalized_len,
         affine,
         eps,
@@ -139,7 +141,56 @@ pub fn backward_into<T: Element>(
         mean: None,
         rstd,
         weight,
+        dsum: None,
         grads,
     };
     rows::backward(job, par)
+}
+
+/// Fused residual add + RMSNorm: `sum = x + residual`, `y = RMSNorm(sum)`, both returned, in
+/// one pass over memory; `stats.mean` comes back empty.
+///
+/// # Errors
+/// As [`forward`], plus a length error for a `residual` not shaped like `x`.
+pub fn forward_residual<T: Element>(
+    x: &[T],
+    residual: &[T],
+    normalized_len: usize,
+    weight: Option<&[T]>,
+    eps: f64,
+    par: Parallelism,
+) -> Result<ResidualOutput<T, T::Compute>> {
+    let affine = Affine { weight, bias: None };
+    residual::forward(Norm::Rms, x, residual, normalized_len, affine, eps, par)
+}
+
+/// Backward of [`forward_residual`]: `dx = RMSNorm'(dy) + dsum` (also the residual's
+/// gradient) and dγ, from the forward's `sum` and `rstd`.
+///
+/// # Errors
+/// As [`backward`], plus a length error for `dsum`.
+pub fn backward_residual<T: Element>(
+    upstream: Upstream<'_, T>,
+    sum: &[T],
+    normalized_len: usize,
+    rstd: &[T::Compute],
+    weight: Option<&[T]>,
+    mask: GradMask,
+    par: Parallelism,
+) -> Result<Gradients<T>> {
+    let mask = GradMask {
+        bias: false,
+        ..mask
+    };
+    residual::backward(
+        Norm::Rms,
+        upstream,
+        sum,
+        normalized_len,
+        None,
+        rstd,
+        weight,
+        mask,
+        par,
+    )
 }

@@ -5,7 +5,7 @@
 use crate::arch;
 use crate::dtype::{Element, Float};
 use crate::error::{Operand, Result};
-use crate::kernels::{BackwardBlock, ForwardBlock, Norm};
+use crate::kernels::{BackwardBlock, ForwardBlock, Norm, Residual};
 use crate::layout::RowsCols;
 use crate::norm::{check_eps, check_len, Affine, GradsMut};
 use crate::par::{for_each_block, Blocks, Parallelism};
@@ -14,6 +14,8 @@ use crate::par::{for_each_block, Blocks, Parallelism};
 pub(crate) struct ForwardJob<'a, T: Element> {
     pub norm: Norm,
     pub x: &'a [T],
+    /// Fused residual add: normalize `x + residual`, written to the sum buffer.
+    pub residual: Option<Residual<'a, T>>,
     pub normalized_len: usize,
     pub affine: Affine<'a, T>,
     pub eps: f64,
@@ -27,6 +29,7 @@ pub(crate) fn forward<T: Element>(job: ForwardJob<'_, T>, par: Parallelism) -> R
     let ForwardJob {
         norm,
         x,
+        residual,
         normalized_len,
         affine,
         eps,
@@ -38,6 +41,10 @@ pub(crate) fn forward<T: Element>(job: ForwardJob<'_, T>, par: Parallelism) -> R
     check_eps::<T::Compute>(eps)?;
     affine.check(shape.cols)?;
     check_len(Operand::Output, x.len(), y.len())?;
+    if let Some(res) = &residual {
+        check_len(Operand::Residual, x.len(), res.residual.len())?;
+        check_len(Operand::Sum, x.len(), res.sum.len())?;
+    }
     if let Some(m) = &mean {
         check_len(Operand::Mean, shape.rows, m.len())?;
     }
@@ -52,6 +59,7 @@ pub(crate) fn forward<T: Element>(job: ForwardJob<'_, T>, par: Parallelism) -> R
         weight: affine.weight,
         bias: affine.bias,
         x,
+        residual,
         y,
         mean,
         rstd,
@@ -74,6 +82,8 @@ pub(crate) struct BackwardJob<'a, T: Element> {
     pub mean: Option<&'a [T::Compute]>,
     pub rstd: &'a [T::Compute],
     pub weight: Option<&'a [T]>,
+    /// Fused residual add: the upstream gradient of the sum, added to dx.
+    pub dsum: Option<&'a [T]>,
     pub grads: GradsMut<'a, T>,
 }
 
@@ -86,11 +96,15 @@ pub(crate) fn backward<T: Element>(job: BackwardJob<'_, T>, par: Parallelism) ->
         mean,
         rstd,
         weight,
+        dsum,
         grads,
     } = job;
     let shape = RowsCols::from_len(x.len(), normalized_len)?;
     let cols = shape.cols;
     check_len(Operand::GradOutput, x.len(), dy.len())?;
+    if let Some(ds) = dsum {
+        check_len(Operand::GradSum, x.len(), ds.len())?;
+    }
     if let Some(m) = mean {
         check_len(Operand::Mean, shape.rows, m.len())?;
     }
@@ -130,6 +144,7 @@ pub(crate) fn backward<T: Element>(job: BackwardJob<'_, T>, par: Parallelism) ->
         mean,
         rstd,
         dx: grads.dx,
+        dsum,
         partials: &mut partials,
     };
     let isa = arch::active();

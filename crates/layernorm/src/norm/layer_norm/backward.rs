@@ -83,6 +83,7 @@ pub fn backward_into<T: Element>(
         mean: Some(stats.mean),
         rstd: stats.rstd,
         weight,
+        dsum: None,
         grads,
     };
     rows::backward(job, par)

@@ -81,6 +81,7 @@ pub fn forward_into<T: Element>(
     let job = ForwardJob {
         norm: Norm::Layer,
         x,
+        residual: None,
         normalized_len,
         affine,
         eps,
