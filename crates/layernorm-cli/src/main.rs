@@ -136,10 +136,29 @@ pub struct NormalizeArgs {
     /// Shift β (.npy) of shape `input.shape[AXIS:]`.
     #[arg(long)]
     pub bias: Option<PathBuf>,
-    /// Also write the saved statistics: an .npz with float32 arrays `mean` and `rstd` of shape
-    /// `input.shape[:AXIS] + [1]·(rank − AXIS)`.
+    /// Also write the saved statistics: an .npz with float32 arrays `mean` (LayerNorm only)
+    /// and `rstd` of shape `input.shape[:AXIS] + [1]·(rank − AXIS)`.
     #[arg(long)]
     pub stats: Option<PathBuf>,
+    /// Which normalization: LayerNorm, or RMSNorm (no centring, no β).
+    #[arg(long, value_enum, default_value_t = NormKind::Layer)]
+    pub kind: NormKind,
+    /// Fused residual add: normalize INPUT + RESIDUAL (same shape), writing the sum to
+    /// --sum-output.
+    #[arg(long)]
+    pub residual: Option<PathBuf>,
+    /// Where the fused residual add writes INPUT + RESIDUAL (.npy).
+    #[arg(long)]
+    pub sum_output: Option<PathBuf>,
+}
+
+/// The normalizations `normalize` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NormKind {
+    /// Layer Normalization.
+    Layer,
+    /// RMS Normalization.
+    Rms,
 }
 
 fn main() -> ExitCode {

@@ -513,3 +513,95 @@ fn compare_json_reports_zero_for_layer_norm_and_change_for_batch_norm() {
     check_png(&dir.path("compare.png"));
     check_svg(&dir.path("compare.svg"), "BatchNorm");
 }
+
+#[test]
+fn rms_kind_and_fused_residual() {
+    let dir = Dir::new();
+    let x = ramp(4 * 6, 0.4);
+    let r: Vec<f64> = ramp(4 * 6, 0.1).iter().map(|v| v * 0.5).collect();
+    let w: Vec<f64> = (0..6).map(|j| 1.0 + j as f64 / 10.0).collect();
+    write_npy(&dir.path("x.npy"), &[4, 6], &x, npyz::Order::C);
+    write_npy(&dir.path("r.npy"), &[4, 6], &r, npyz::Order::C);
+    write_npy(&dir.path("w.npy"), &[6], &w, npyz::Order::C);
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    let out = layernorm(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--kind",
+        "rms",
+        "--weight",
+        &p("w.npy"),
+        "--residual",
+        &p("r.npy"),
+        "--sum-output",
+        &p("s.npy"),
+        "--stats",
+        &p("st.npz"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, sum, _) = read_npy::<f64>(&fs::read(dir.path("s.npy")).unwrap());
+    let want_sum: Vec<f64> = x.iter().zip(&r).map(|(a, b)| a + b).collect();
+    assert_eq!(sum, want_sum);
+    let (_, y, _) = read_npy::<f64>(&fs::read(dir.path("y.npy")).unwrap());
+    let (y_ref, _) = layernorm::reference::rms_norm_forward(&want_sum, 6, Some(&w), 1e-5);
+    for (g, w) in y.iter().zip(&y_ref) {
+        assert!((g - w).abs() <= 1e-14, "{g} vs {w}");
+    }
+    // RMSNorm's statistics: rstd only.
+    let mut zip = zip::ZipArchive::new(fs::File::open(dir.path("st.npz")).unwrap()).unwrap();
+    assert!(zip.by_name("mean.npy").is_err());
+    assert!(zip.by_name("rstd.npy").is_ok());
+
+    let x_in = p("x.npy");
+    assert_clean_failure(
+        &dir,
+        &[
+            "normalize",
+            &x_in,
+            "-o",
+            &p("o.npy"),
+            "--residual",
+            &p("r.npy"),
+        ],
+        "--sum-output",
+    );
+    assert_clean_failure(
+        &dir,
+        &[
+            "normalize",
+            &x_in,
+            "-o",
+            &p("o.npy"),
+            "--kind",
+            "rms",
+            "--bias",
+            &p("w.npy"),
+        ],
+        "no shift",
+    );
+    assert_clean_failure(
+        &dir,
+        &[
+            "normalize",
+            &x_in,
+            "-o",
+            &p("o.npy"),
+            "--residual",
+            &p("w.npy"),
+            "--sum-output",
+            &p("o2.npy"),
+        ],
+        "expected [4, 6]",
+    );
+    assert_clean_failure(
+        &dir,
+        &["normalize", &x_in, "-o", &p("o.npy"), "--kind", "group"],
+        "invalid value",
+    );
+}
