@@ -11,6 +11,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use half::{bf16, f16};
 
+use crate::arch::Storage;
 use crate::kernels::RowKernels;
 
 mod sealed {
@@ -105,7 +106,7 @@ impl Float for f64 {
 ///
 /// Per-type code is only the widening load and the narrowing store; everything else is shared.
 pub trait Element:
-    sealed::Sealed + RowKernels + Copy + Send + Sync + Debug + Default + PartialEq + 'static
+    sealed::Sealed + RowKernels + Storage + Copy + Send + Sync + Debug + Default + PartialEq + 'static
 {
     /// The type arithmetic is done in, and the type of the saved statistics.
     type Compute: Float;

@@ -47,6 +47,7 @@ pub use arch::{cpu_info, with_isa, CpuInfo, IsaKind};
 pub use dtype::{Element, Float};
 pub use error::{Error, Operand, Result};
 pub use half::{bf16, f16};
+pub use kernels::ParamOf;
 pub use norm::layer_norm::{LayerNorm, LayerNormConfig};
 pub use norm::residual::{ResidualOut, ResidualOutput, Upstream};
 pub use norm::{batch_norm, layer_norm, rms_norm};

@@ -29,7 +29,7 @@ pub(crate) use scalar::Scalar;
 /// The vector operations kernels are written in: f32 vectors of `LANES` lanes for arithmetic,
 /// f64 vectors of `LANES / 2` lanes for accumulation. Loads and stores take slices of at least
 /// `LANES` elements and touch exactly the first `LANES`.
-pub(crate) trait Simd: Copy + Send + Sync + 'static {
+pub trait Simd: Copy + Send + Sync + 'static {
     /// f32 lanes per vector.
     const LANES: usize;
     /// A vector of `LANES` f32.
@@ -139,7 +139,7 @@ pub(crate) fn prefetch<T>(data: &[T]) {
 }
 
 /// A storage type with vector loads and stores: f32, f16 and bf16 (all computed in f32).
-pub(crate) trait Storage: Copy + Default + Send + Sync + 'static {
+pub trait Storage: Copy + Default + Send + Sync + 'static {
     fn load<S: Simd>(simd: S, src: &[Self]) -> S::F32;
     fn store<S: Simd>(simd: S, dst: &mut [Self], v: S::F32);
     /// A store that may bypass the caches (see [`Simd::stream_f32`]).
@@ -161,6 +161,27 @@ impl Storage for f32 {
     #[inline(always)]
     fn stream<S: Simd>(simd: S, dst: &mut [f32], v: S::F32) {
         simd.stream_f32(dst, v)
+    }
+}
+
+/// f64 parameters never reach the vector kernels (f64 data runs the portable kernel), but the
+/// trait is total over element types: lane by lane through f32, rounding to nearest.
+impl Storage for f64 {
+    #[inline(always)]
+    fn load<S: Simd>(simd: S, src: &[f64]) -> S::F32 {
+        let mut lanes = [0.0f32; 16];
+        for (l, &v) in lanes.iter_mut().zip(&src[..S::LANES]) {
+            *l = v as f32;
+        }
+        simd.load_f32(&lanes)
+    }
+    #[inline(always)]
+    fn store<S: Simd>(simd: S, dst: &mut [f64], v: S::F32) {
+        let mut lanes = [0.0f32; 16];
+        simd.store_f32(&mut lanes, v);
+        for (d, &l) in dst[..S::LANES].iter_mut().zip(&lanes) {
+            *d = f64::from(l);
+        }
     }
 }
 

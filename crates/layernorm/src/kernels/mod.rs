@@ -15,7 +15,7 @@ mod simd;
 
 use half::{bf16, f16};
 
-use crate::arch::Isa;
+use crate::arch::{Isa, Storage};
 use crate::dtype::{Element, Float};
 use crate::par::{split_opt, RowSplit};
 
@@ -35,14 +35,15 @@ impl Norm {
 }
 
 /// A range of rows of a forward problem, with everything a kernel needs to normalize them.
-pub struct ForwardBlock<'a, T: Element> {
+pub struct ForwardBlock<'a, T: Element, P = T> {
     pub(crate) norm: Norm,
     pub(crate) cols: usize,
     pub(crate) eps: f64,
     /// Write y with non-temporal stores (the output is too large to stay in cache).
     pub(crate) stream: bool,
-    pub(crate) weight: Option<&'a [T]>,
-    pub(crate) bias: Option<&'a [T]>,
+    /// γ and β: the element type, or f32 beside 16-bit data (mixed precision).
+    pub(crate) weight: Option<&'a [P]>,
+    pub(crate) bias: Option<&'a [P]>,
     pub(crate) x: &'a [T],
     /// Fused residual add: `sum = x + residual` is written out and normalized instead of x.
     pub(crate) residual: Option<Residual<'a, T>>,
@@ -57,7 +58,7 @@ pub struct Residual<'a, T> {
     pub(crate) sum: &'a mut [T],
 }
 
-impl<T: Element> RowSplit for ForwardBlock<'_, T> {
+impl<T: Element, P: Sync> RowSplit for ForwardBlock<'_, T, P> {
     fn split_at(self, at: usize) -> (Self, Self) {
         let elems = at * self.cols;
         let (x0, x1) = self.x.split_at(elems);
@@ -100,7 +101,7 @@ impl<T: Element> RowSplit for ForwardBlock<'_, T> {
     }
 }
 
-impl<T: Element> ForwardBlock<'_, T> {
+impl<T: Element, P> ForwardBlock<'_, T, P> {
     fn rows(&self) -> usize {
         self.x.len() / self.cols
     }
@@ -117,14 +118,14 @@ impl<T: Element> ForwardBlock<'_, T> {
 
 /// A range of rows of a backward problem, with the f64 dγ/dβ partials of the blocks it covers
 /// (`partial_len` values per block: dγ's `cols` first, if requested, then dβ's).
-pub struct BackwardBlock<'a, T: Element> {
+pub struct BackwardBlock<'a, T: Element, P = T> {
     pub(crate) norm: Norm,
     pub(crate) cols: usize,
     pub(crate) block_rows: usize,
     pub(crate) partial_len: usize,
     pub(crate) want_dweight: bool,
     pub(crate) want_dbias: bool,
-    pub(crate) weight: Option<&'a [T]>,
+    pub(crate) weight: Option<&'a [P]>,
     pub(crate) x: &'a [T],
     pub(crate) dy: &'a [T],
     /// Per-row means (LayerNorm only).
@@ -136,7 +137,7 @@ pub struct BackwardBlock<'a, T: Element> {
     pub(crate) partials: &'a mut [f64],
 }
 
-impl<T: Element> RowSplit for BackwardBlock<'_, T> {
+impl<T: Element, P: Sync> RowSplit for BackwardBlock<'_, T, P> {
     fn split_at(self, at: usize) -> (Self, Self) {
         let elems = at * self.cols;
         let (x0, x1) = self.x.split_at(elems);
@@ -190,22 +191,31 @@ impl<T: Element> RowSplit for BackwardBlock<'_, T> {
 /// Which kernel runs a block of this element type. Implemented for every [`Element`].
 pub trait RowKernels: Sized {
     /// Normalizes every row of `block`.
-    fn forward_block(isa: Isa, block: ForwardBlock<'_, Self>)
+    fn forward_block<P: ParamOf<Self>>(isa: Isa, block: ForwardBlock<'_, Self, P>)
     where
         Self: Element;
     /// Backward for every row of `block`, accumulating its dγ/dβ partials.
-    fn backward_block(isa: Isa, block: BackwardBlock<'_, Self>)
+    fn backward_block<P: ParamOf<Self>>(isa: Isa, block: BackwardBlock<'_, Self, P>)
     where
         Self: Element;
 }
 
+/// `P: ParamOf<T>`: γ/β of type `P` can go with data of type `T` — every element type's own,
+/// and f32 beside f16/bf16 (mixed precision: 16-bit activations with f32 master weights; see
+/// `layer_norm::forward_mixed`). Sealed: only the crate's element types implement it.
+pub trait ParamOf<T: Element>: Element<Compute = T::Compute> + Storage {}
+
+impl<T: Element> ParamOf<T> for T {}
+impl ParamOf<f16> for f32 {}
+impl ParamOf<bf16> for f32 {}
+
 macro_rules! vector_kernels {
     ($($t:ty),*) => {$(
         impl RowKernels for $t {
-            fn forward_block(isa: Isa, block: ForwardBlock<'_, Self>) {
+            fn forward_block<P: ParamOf<Self>>(isa: Isa, block: ForwardBlock<'_, Self, P>) {
                 isa.vectorize(simd::Forward(block))
             }
-            fn backward_block(isa: Isa, block: BackwardBlock<'_, Self>) {
+            fn backward_block<P: ParamOf<Self>>(isa: Isa, block: BackwardBlock<'_, Self, P>) {
                 isa.vectorize(simd::Backward(block))
             }
         }
@@ -214,10 +224,10 @@ macro_rules! vector_kernels {
 vector_kernels!(f32, f16, bf16);
 
 impl RowKernels for f64 {
-    fn forward_block(_isa: Isa, block: ForwardBlock<'_, Self>) {
+    fn forward_block<P: ParamOf<Self>>(_isa: Isa, block: ForwardBlock<'_, Self, P>) {
         portable::forward_block(block)
     }
-    fn backward_block(_isa: Isa, block: BackwardBlock<'_, Self>) {
+    fn backward_block<P: ParamOf<Self>>(_isa: Isa, block: BackwardBlock<'_, Self, P>) {
         portable::backward_block(block)
     }
 }

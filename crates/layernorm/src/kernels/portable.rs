@@ -166,10 +166,10 @@ fn store<T: Element, K: Float>(v: K) -> T {
 }
 
 /// Normalizes one row into `y`; returns its statistics.
-pub(crate) fn forward_row<T: Element>(
+pub(crate) fn forward_row<T: Element, P: Element>(
     x: &[T],
-    weight: Option<&[T]>,
-    bias: Option<&[T]>,
+    weight: Option<&[P]>,
+    bias: Option<&[P]>,
     eps: f64,
     y: &mut [T],
     norm: Norm,
@@ -185,10 +185,10 @@ pub(crate) fn forward_row<T: Element>(
 }
 
 #[inline(always)]
-fn normalize<T: Element, K: Float, C: Center<K>>(
+fn normalize<T: Element, P: Element, K: Float, C: Center<K>>(
     x: &[T],
-    weight: Option<&[T]>,
-    bias: Option<&[T]>,
+    weight: Option<&[P]>,
+    bias: Option<&[P]>,
     y: &mut [T],
     c: &C,
 ) {
@@ -198,14 +198,13 @@ fn normalize<T: Element, K: Float, C: Center<K>>(
         (None, None) => rows.for_each(|(y, &x)| *y = store(xhat(x))),
         (Some(w), None) => rows
             .zip(w)
-            .for_each(|((y, &x), &w)| *y = store(xhat(x) * load(w))),
+            .for_each(|((y, &x), &w)| *y = store(xhat(x) * load::<P, K>(w))),
         (None, Some(b)) => rows
             .zip(b)
-            .for_each(|((y, &x), &b)| *y = store(xhat(x) + load(b))),
-        (Some(w), Some(b)) => rows
-            .zip(w)
-            .zip(b)
-            .for_each(|(((y, &x), &w), &b)| *y = store(xhat(x) * load(w) + load(b))),
+            .for_each(|((y, &x), &b)| *y = store(xhat(x) + load::<P, K>(b))),
+        (Some(w), Some(b)) => rows.zip(w).zip(b).for_each(|(((y, &x), &w), &b)| {
+            *y = store(xhat(x) * load::<P, K>(w) + load::<P, K>(b))
+        }),
     }
 }
 
@@ -221,10 +220,10 @@ pub(crate) struct RowGrads<'a, T> {
 }
 
 /// Backward pass of one row from its saved `mean` (0 for RMSNorm) and `rstd`.
-pub(crate) fn backward_row<T: Element>(
+pub(crate) fn backward_row<T: Element, P: Element>(
     x: &[T],
     dy: &[T],
-    weight: Option<&[T]>,
+    weight: Option<&[P]>,
     (mean, rstd): (f64, f64),
     out: RowGrads<'_, T>,
     norm: Norm,
@@ -257,10 +256,10 @@ pub(crate) fn backward_row<T: Element>(
 }
 
 #[inline(always)]
-fn backward_apply<T: Element, K: Float, C: Center<K>>(
+fn backward_apply<T: Element, P: Element, K: Float, C: Center<K>>(
     x: &[T],
     dy: &[T],
-    weight: Option<&[T]>,
+    weight: Option<&[P]>,
     c: &C,
     [rstd, mean_g, mean_gx]: [f64; 3],
     out: RowGrads<'_, T>,
@@ -270,7 +269,7 @@ fn backward_apply<T: Element, K: Float, C: Center<K>>(
         let (rstd, mean_g, mean_gx) =
             (K::from_f64(rstd), K::from_f64(mean_g), K::from_f64(mean_gx));
         for i in 0..dx.len() {
-            let g = load::<T, K>(dy[i]) * weight.map_or(K::ONE, |w| load(w[i]));
+            let g = load::<T, K>(dy[i]) * weight.map_or(K::ONE, |w| load::<P, K>(w[i]));
             let v = rstd * (g - mean_g - xhat(x[i]) * mean_gx);
             // Fused residual: the sum's own upstream gradient flows straight through.
             dx[i] = store(match out.dsum {
@@ -292,7 +291,7 @@ fn backward_apply<T: Element, K: Float, C: Center<K>>(
 }
 
 /// Normalizes every row of a block (the f64 element type's kernel).
-pub(crate) fn forward_block<T: Element>(mut block: super::ForwardBlock<'_, T>) {
+pub(crate) fn forward_block<T: Element, P: Element>(mut block: super::ForwardBlock<'_, T, P>) {
     let cols = block.cols;
     for r in 0..block.rows() {
         let span = r * cols..(r + 1) * cols;
@@ -318,7 +317,7 @@ pub(crate) fn add_row<T: Element>(x: &[T], residual: &[T], sum: &mut [T]) {
 }
 
 /// Backward for every row of a block (the f64 element type's kernel).
-pub(crate) fn backward_block<T: Element>(block: super::BackwardBlock<'_, T>) {
+pub(crate) fn backward_block<T: Element, P: Element>(block: super::BackwardBlock<'_, T, P>) {
     let super::BackwardBlock {
         norm,
         cols,

@@ -33,28 +33,35 @@ fn prefetches<T>(cols: usize, _: &[T]) -> bool {
 }
 
 /// A forward block, to run with an ISA.
-pub(crate) struct Forward<'a, T: Element>(pub ForwardBlock<'a, T>);
+pub(crate) struct Forward<'a, T: Element, P>(pub ForwardBlock<'a, T, P>);
 
 /// A backward block, to run with an ISA.
-pub(crate) struct Backward<'a, T: Element>(pub BackwardBlock<'a, T>);
+pub(crate) struct Backward<'a, T: Element, P>(pub BackwardBlock<'a, T, P>);
 
-impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
+impl<T: Element<Compute = f32> + Storage, P: Element<Compute = f32> + Storage> WithSimd
+    for Forward<'_, T, P>
+{
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         match self.0.norm {
-            Norm::Layer => forward_rows::<S, T, true>(s, self.0),
-            Norm::Rms => forward_rows::<S, T, false>(s, self.0),
+            Norm::Layer => forward_rows::<S, T, P, true>(s, self.0),
+            Norm::Rms => forward_rows::<S, T, P, false>(s, self.0),
         }
     }
 }
 
 /// Every row of a forward block; `CENTER`: LayerNorm (true) or RMSNorm (false).
 #[inline(always)]
-fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool>(
+fn forward_rows<
+    S: Simd,
+    T: Element<Compute = f32> + Storage,
+    P: Element<Compute = f32> + Storage,
+    const CENTER: bool,
+>(
     s: S,
-    mut block: ForwardBlock<'_, T>,
+    mut block: ForwardBlock<'_, T, P>,
 ) {
     let cols = block.cols;
     let rows = block.rows();
@@ -75,9 +82,9 @@ fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool
         let y = &mut block.y[span];
         let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
             if block.stream {
-                normalize_affine::<S, T, true>(s, x, block.weight, block.bias, stats, y);
+                normalize_affine::<S, T, P, true>(s, x, block.weight, block.bias, stats, y);
             } else {
-                normalize_affine::<S, T, false>(s, x, block.weight, block.bias, stats, y);
+                normalize_affine::<S, T, P, false>(s, x, block.weight, block.bias, stats, y);
             }
             stats
         } else {
@@ -113,19 +120,24 @@ fn add_row<S: Simd, T: Storage + Element<Compute = f32>>(
 }
 
 #[inline(always)]
-fn normalize_affine<S: Simd, T: Storage + Element<Compute = f32>, const NT: bool>(
+fn normalize_affine<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Storage + Element<Compute = f32>,
+    const NT: bool,
+>(
     s: S,
     x: &[T],
-    weight: Option<&[T]>,
-    bias: Option<&[T]>,
+    weight: Option<&[P]>,
+    bias: Option<&[P]>,
     stats: RowStats,
     y: &mut [T],
 ) {
     match (weight, bias) {
-        (None, None) => normalize::<S, T, false, false, NT>(s, x, &[], &[], stats, y),
-        (Some(w), None) => normalize::<S, T, true, false, NT>(s, x, w, &[], stats, y),
-        (None, Some(b)) => normalize::<S, T, false, true, NT>(s, x, &[], b, stats, y),
-        (Some(w), Some(b)) => normalize::<S, T, true, true, NT>(s, x, w, b, stats, y),
+        (None, None) => normalize::<S, T, P, false, false, NT>(s, x, &[], &[], stats, y),
+        (Some(w), None) => normalize::<S, T, P, true, false, NT>(s, x, w, &[], stats, y),
+        (None, Some(b)) => normalize::<S, T, P, false, true, NT>(s, x, &[], b, stats, y),
+        (Some(w), Some(b)) => normalize::<S, T, P, true, true, NT>(s, x, w, b, stats, y),
     }
 }
 
@@ -201,20 +213,30 @@ fn split_mean(mean: f64) -> (f32, f32) {
     (hi, (mean - f64::from(hi)) as f32)
 }
 
+/// `src[i..i + t]` in a buffer one vector long (the tail of a row; padding lanes are loaded
+/// but never stored).
+#[inline(always)]
+fn stage<U: Copy + Default>(src: &[U], i: usize, t: usize) -> [U; MAX_LANES] {
+    let mut buf = [U::default(); MAX_LANES];
+    buf[..t].copy_from_slice(&src[i..i + t]);
+    buf
+}
+
 /// Pass 2: `y = ((x − hi) − lo)·rstd·γ + β`, with γ/β present as the flags say, and
 /// non-temporal stores if `NT`.
 #[inline(always)]
 fn normalize<
     S: Simd,
     T: Storage + Element<Compute = f32>,
+    P: Storage + Element<Compute = f32>,
     const W: bool,
     const B: bool,
     const NT: bool,
 >(
     s: S,
     x: &[T],
-    weight: &[T],
-    bias: &[T],
+    weight: &[P],
+    bias: &[P],
     stats: RowStats,
     y: &mut [T],
 ) {
@@ -244,12 +266,12 @@ fn normalize<
     let mut i = 0;
     while i + l <= n {
         let wv = if W {
-            Some(T::load(s, &weight[i..]))
+            Some(P::load(s, &weight[i..]))
         } else {
             None
         };
         let bv = if B {
-            Some(T::load(s, &bias[i..]))
+            Some(P::load(s, &bias[i..]))
         } else {
             None
         };
@@ -264,37 +286,38 @@ fn normalize<
     if i < n {
         // The tail, staged through buffers one vector long (padding lanes are never stored).
         let t = n - i;
-        let stage = |src: &[T]| {
-            let mut buf = [T::default(); MAX_LANES];
-            buf[..t].copy_from_slice(&src[i..]);
-            buf
-        };
         let wv = if W {
-            Some(T::load(s, &stage(weight)))
+            Some(P::load(s, &stage(weight, i, t)))
         } else {
             None
         };
         let bv = if B {
-            Some(T::load(s, &stage(bias)))
+            Some(P::load(s, &stage(bias, i, t)))
         } else {
             None
         };
         let mut out = [T::default(); MAX_LANES];
-        T::store(s, &mut out, apply(s, c, T::load(s, &stage(x)), wv, bv));
+        T::store(
+            s,
+            &mut out,
+            apply(s, c, T::load(s, &stage(x, i, t)), wv, bv),
+        );
         y[i..].copy_from_slice(&out[..t]);
     }
 }
 
-impl<T: Element<Compute = f32> + Storage> WithSimd for Backward<'_, T> {
+impl<T: Element<Compute = f32> + Storage, P: Element<Compute = f32> + Storage> WithSimd
+    for Backward<'_, T, P>
+{
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         match (self.0.norm, self.0.weight.is_some()) {
-            (Norm::Layer, true) => backward_rows::<S, T, true, true>(s, self.0),
-            (Norm::Layer, false) => backward_rows::<S, T, true, false>(s, self.0),
-            (Norm::Rms, true) => backward_rows::<S, T, false, true>(s, self.0),
-            (Norm::Rms, false) => backward_rows::<S, T, false, false>(s, self.0),
+            (Norm::Layer, true) => backward_rows::<S, T, P, true, true>(s, self.0),
+            (Norm::Layer, false) => backward_rows::<S, T, P, true, false>(s, self.0),
+            (Norm::Rms, true) => backward_rows::<S, T, P, false, true>(s, self.0),
+            (Norm::Rms, false) => backward_rows::<S, T, P, false, false>(s, self.0),
         }
     }
 }
@@ -304,11 +327,12 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for Backward<'_, T> {
 fn backward_rows<
     S: Simd,
     T: Element<Compute = f32> + Storage,
+    P: Element<Compute = f32> + Storage,
     const CENTER: bool,
     const W: bool,
 >(
     s: S,
-    block: BackwardBlock<'_, T>,
+    block: BackwardBlock<'_, T, P>,
 ) {
     let BackwardBlock {
         cols,
@@ -343,16 +367,22 @@ fn backward_rows<
             dbias: db.as_deref_mut(),
         };
         let stats = (mean.map_or(0.0, |m| f64::from(m[r])), f64::from(rstd[r]));
-        backward_row::<S, T, CENTER, W>(s, xr, dyr, weight, stats, out);
+        backward_row::<S, T, P, CENTER, W>(s, xr, dyr, weight, stats, out);
     }
 }
 
 #[inline(always)]
-fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool, const W: bool>(
+fn backward_row<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Storage + Element<Compute = f32>,
+    const CENTER: bool,
+    const W: bool,
+>(
     s: S,
     x: &[T],
     dy: &[T],
-    weight: &[T],
+    weight: &[P],
     (mean, rstd): (f64, f64),
     out: RowGrads<'_, T>,
 ) {
@@ -371,7 +401,7 @@ fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool
         let xs = s.widen(T::load(s, &x[i..]));
         let dys = s.widen(T::load(s, &dy[i..]));
         let gs = if W {
-            let w = s.widen(T::load(s, &weight[i..]));
+            let w = s.widen(P::load(s, &weight[i..]));
             [s.mul64(dys[0], w[0]), s.mul64(dys[1], w[1])]
         } else {
             dys
@@ -426,7 +456,7 @@ fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool
         }
         if let Some(dx) = dx.as_deref_mut() {
             let g = if W {
-                s.mul(dyv, T::load(s, &weight[i..]))
+                s.mul(dyv, P::load(s, &weight[i..]))
             } else {
                 dyv
             };

@@ -127,31 +127,32 @@ impl GradMask {
     };
 }
 
-/// Gradients returned by a backward call; `None` where not requested.
+/// Gradients returned by a backward call; `None` where not requested. `P` is the parameters'
+/// type: `T`, or f32 beside f16/bf16 data (mixed precision).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Gradients<T> {
+pub struct Gradients<T, P = T> {
     /// ∂L/∂x, shaped like x.
     pub dx: Option<Vec<T>>,
     /// ∂L/∂γ, one value per element of a normalized row.
-    pub dweight: Option<Vec<T>>,
+    pub dweight: Option<Vec<P>>,
     /// ∂L/∂β, one value per element of a normalized row.
-    pub dbias: Option<Vec<T>>,
+    pub dbias: Option<Vec<P>>,
 }
 
-/// Buffers a `backward_into` call fills; `None` skips that gradient.
+/// Buffers a `backward_into` call fills; `None` skips that gradient. `P` as in [`Gradients`].
 #[derive(Debug, Default)]
-pub struct GradsMut<'a, T> {
+pub struct GradsMut<'a, T, P = T> {
     /// ∂L/∂x, shaped like x.
     pub dx: Option<&'a mut [T]>,
     /// ∂L/∂γ.
-    pub dweight: Option<&'a mut [T]>,
+    pub dweight: Option<&'a mut [P]>,
     /// ∂L/∂β.
-    pub dbias: Option<&'a mut [T]>,
+    pub dbias: Option<&'a mut [P]>,
 }
 
-impl<'a, T> GradsMut<'a, T> {
+impl<'a, T, P> GradsMut<'a, T, P> {
     /// Borrows every requested buffer of an owned [`Gradients`].
-    pub fn from_gradients(g: &'a mut Gradients<T>) -> Self {
+    pub fn from_gradients(g: &'a mut Gradients<T, P>) -> Self {
         GradsMut {
             dx: g.dx.as_deref_mut(),
             dweight: g.dweight.as_deref_mut(),

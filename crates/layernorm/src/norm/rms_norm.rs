@@ -18,7 +18,7 @@
 use crate::arch;
 use crate::dtype::{Element, Float};
 use crate::error::Result;
-use crate::kernels::Norm;
+use crate::kernels::{Norm, ParamOf};
 use crate::layout::RowsCols;
 use crate::norm::residual::{self, ResidualOutput, Upstream};
 use crate::norm::rows::{self, BackwardJob, ForwardJob};
@@ -193,4 +193,74 @@ pub fn backward_residual<T: Element>(
         mask,
         par,
     )
+}
+
+/// [`forward`] with an f32 γ for f16 or bf16 (or f32) data (mixed precision).
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_mixed<T: Element<Compute = f32>>(
+    x: &[T],
+    normalized_len: usize,
+    weight: Option<&[f32]>,
+    eps: f64,
+    par: Parallelism,
+) -> Result<(Vec<T>, Vec<f32>)>
+where
+    f32: ParamOf<T>,
+{
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    let mut y = arch::filled_vec(x.len());
+    let mut rstd = vec![0.0f32; shape.rows];
+    let affine = Affine { weight, bias: None };
+    let job = ForwardJob {
+        norm: Norm::Rms,
+        x,
+        residual: None,
+        normalized_len,
+        affine,
+        eps,
+        y: &mut y,
+        mean: None,
+        rstd: Some(&mut rstd),
+    };
+    rows::forward(job, par)?;
+    Ok((y, rstd))
+}
+
+/// [`backward`] with an f32 γ for f16 or bf16 (or f32) data; dγ comes back in f32.
+///
+/// # Errors
+/// As [`backward`].
+pub fn backward_mixed<T: Element<Compute = f32>>(
+    dy: &[T],
+    x: &[T],
+    normalized_len: usize,
+    rstd: &[f32],
+    weight: Option<&[f32]>,
+    mask: GradMask,
+    par: Parallelism,
+) -> Result<Gradients<T, f32>>
+where
+    f32: ParamOf<T>,
+{
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    let mut grads = Gradients {
+        dx: mask.input.then(|| arch::filled_vec(x.len())),
+        dweight: mask.weight.then(|| vec![0.0f32; shape.cols]),
+        dbias: None,
+    };
+    let job = BackwardJob {
+        norm: Norm::Rms,
+        dy,
+        x,
+        normalized_len,
+        mean: None,
+        rstd,
+        weight,
+        dsum: None,
+        grads: GradsMut::from_gradients(&mut grads),
+    };
+    rows::backward(job, par)?;
+    Ok(grads)
 }

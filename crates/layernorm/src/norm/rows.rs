@@ -5,19 +5,19 @@
 use crate::arch;
 use crate::dtype::{Element, Float};
 use crate::error::{Operand, Result};
-use crate::kernels::{BackwardBlock, ForwardBlock, Norm, Residual};
+use crate::kernels::{BackwardBlock, ForwardBlock, Norm, ParamOf, Residual};
 use crate::layout::RowsCols;
 use crate::norm::{check_eps, check_len, Affine, GradsMut};
 use crate::par::{for_each_block, Blocks, Parallelism};
 
 /// A forward call, before validation.
-pub(crate) struct ForwardJob<'a, T: Element> {
+pub(crate) struct ForwardJob<'a, T: Element, P = T> {
     pub norm: Norm,
     pub x: &'a [T],
     /// Fused residual add: normalize `x + residual`, written to the sum buffer.
     pub residual: Option<Residual<'a, T>>,
     pub normalized_len: usize,
-    pub affine: Affine<'a, T>,
+    pub affine: Affine<'a, P>,
     pub eps: f64,
     pub y: &'a mut [T],
     /// Per-row means to fill (LayerNorm only) and per-row rstd.
@@ -25,7 +25,10 @@ pub(crate) struct ForwardJob<'a, T: Element> {
     pub rstd: Option<&'a mut [T::Compute]>,
 }
 
-pub(crate) fn forward<T: Element>(job: ForwardJob<'_, T>, par: Parallelism) -> Result<()> {
+pub(crate) fn forward<T: Element, P: ParamOf<T>>(
+    job: ForwardJob<'_, T, P>,
+    par: Parallelism,
+) -> Result<()> {
     let ForwardJob {
         norm,
         x,
@@ -67,13 +70,13 @@ pub(crate) fn forward<T: Element>(job: ForwardJob<'_, T>, par: Parallelism) -> R
     let isa = arch::active();
     let blocks = Blocks::for_map(shape.rows, shape.cols);
     for_each_block(par, x.len(), blocks, work, &|block, _| {
-        T::forward_block(isa, block)
+        T::forward_block::<P>(isa, block)
     });
     Ok(())
 }
 
 /// A backward call, before validation.
-pub(crate) struct BackwardJob<'a, T: Element> {
+pub(crate) struct BackwardJob<'a, T: Element, P = T> {
     pub norm: Norm,
     pub dy: &'a [T],
     pub x: &'a [T],
@@ -81,13 +84,16 @@ pub(crate) struct BackwardJob<'a, T: Element> {
     /// Saved per-row means (LayerNorm only) and rstd.
     pub mean: Option<&'a [T::Compute]>,
     pub rstd: &'a [T::Compute],
-    pub weight: Option<&'a [T]>,
+    pub weight: Option<&'a [P]>,
     /// Fused residual add: the upstream gradient of the sum, added to dx.
     pub dsum: Option<&'a [T]>,
-    pub grads: GradsMut<'a, T>,
+    pub grads: GradsMut<'a, T, P>,
 }
 
-pub(crate) fn backward<T: Element>(job: BackwardJob<'_, T>, par: Parallelism) -> Result<()> {
+pub(crate) fn backward<T: Element, P: ParamOf<T>>(
+    job: BackwardJob<'_, T, P>,
+    par: Parallelism,
+) -> Result<()> {
     let BackwardJob {
         norm,
         dy,
@@ -149,7 +155,7 @@ pub(crate) fn backward<T: Element>(job: BackwardJob<'_, T>, par: Parallelism) ->
     };
     let isa = arch::active();
     for_each_block(par, x.len(), blocks, work, &|block, _| {
-        T::backward_block(isa, block)
+        T::backward_block::<P>(isa, block)
     });
 
     // Combine the block partials in block order, into the first block's (so every column is
@@ -161,7 +167,7 @@ pub(crate) fn backward<T: Element>(job: BackwardJob<'_, T>, par: Parallelism) ->
             *acc += v;
         }
     }
-    let narrow = |v: &f64| T::narrow(T::Compute::from_f64(*v));
+    let narrow = |v: &f64| P::narrow(P::Compute::from_f64(*v));
     let (dw_sum, db_sum) = first.split_at(if want_dw { cols } else { 0 });
     if let Some(dw) = grads.dweight {
         dw.iter_mut().zip(dw_sum).for_each(|(o, v)| *o = narrow(v));

@@ -34,6 +34,7 @@
 mod backward;
 mod forward;
 mod layer;
+mod mixed;
 
 use crate::dtype::Element;
 use crate::error::Result;
@@ -45,6 +46,7 @@ use crate::par::Parallelism;
 pub use backward::{backward, backward_into};
 pub use forward::{forward, forward_into};
 pub use layer::{LayerNorm, LayerNormConfig};
+pub use mixed::{backward_mixed, forward_mixed, forward_mixed_into};
 
 /// ε used when none is given, as in PyTorch's `nn.LayerNorm` (Keras uses 1e-3).
 pub const DEFAULT_EPS: f64 = 1e-5;
