@@ -119,6 +119,30 @@ pub trait Element:
     fn widen(self) -> Self::Compute;
     /// Rounds from the compute type (round to nearest even).
     fn narrow(v: Self::Compute) -> Self;
+    /// Rounds from f64 with a single rounding (nearest even), as sums accumulated in f64 are
+    /// returned. (Going through f32 would round twice for the 16-bit types.)
+    #[inline]
+    fn round_from_f64(v: f64) -> Self {
+        Self::narrow(Self::Compute::from_f64(v))
+    }
+}
+
+/// f64 → f32 rounding to odd: truncate, then set the last bit if anything was cut. Rounding
+/// that result to a type with at least two fewer mantissa bits (f16, bf16) gives the correctly
+/// rounded (nearest even) value of the f64 — one rounding, not two.
+fn f64_to_f32_round_odd(v: f64) -> f32 {
+    let nearest = v as f32;
+    if !nearest.is_finite() || f64::from(nearest) == v {
+        return nearest;
+    }
+    // The f32 on the zero side of v (the bit pattern's magnitude is one lower when the
+    // nearest rounded away from zero), with its last bit set.
+    let toward_zero = if f64::from(nearest).abs() > v.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    };
+    f32::from_bits(toward_zero.to_bits() | 1)
 }
 
 impl Element for f32 {
@@ -161,6 +185,10 @@ impl Element for f16 {
     fn narrow(v: f32) -> Self {
         f16::from_f32(v)
     }
+    #[inline]
+    fn round_from_f64(v: f64) -> Self {
+        f16::from_f32(f64_to_f32_round_odd(v))
+    }
 }
 
 impl Element for bf16 {
@@ -174,6 +202,36 @@ impl Element for bf16 {
     #[inline(always)]
     fn narrow(v: f32) -> Self {
         bf16::from_f32(v)
+    }
+    #[inline]
+    fn round_from_f64(v: f64) -> Self {
+        bf16::from_f32(f64_to_f32_round_odd(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sixteen_bit_types_round_f64_once() {
+        // 1 + 2^-8 + 2^-30 lies just above the bf16 midpoint 1 + 2^-8: nearest is 1 + 2^-7.
+        // Through f32 (1 + 2^-8, a tie) it would round to even, 1.0.
+        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
+        assert_eq!(bf16::round_from_f64(v), bf16::from_f32(1.0 + 2f32.powi(-7)));
+        assert_eq!(
+            bf16::round_from_f64(-v),
+            bf16::from_f32(-(1.0 + 2f32.powi(-7)))
+        );
+        // The same for f16 at its midpoint 1 + 2^-11.
+        let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(f16::round_from_f64(v), f16::from_f32(1.0 + 2f32.powi(-10)));
+        // Exact values, ties, zero, overflow and NaN behave as plain rounding.
+        for v in [0.0, -0.0, 1.5, 1.0 + 2f64.powi(-8), 1e300, -1e300, 3.0e-45] {
+            assert_eq!(bf16::round_from_f64(v), bf16::from_f64(v), "{v}");
+        }
+        assert!(bf16::round_from_f64(f64::NAN).is_nan());
+        assert_eq!(f32::round_from_f64(0.1), 0.1f32);
     }
 }
 

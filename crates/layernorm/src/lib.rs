@@ -29,8 +29,9 @@
 //! # Ok::<(), layernorm::Error>(())
 //! ```
 //!
-//! Numerics, determinism and error handling are described in [`layer_norm`]; every public
-//! function validates its arguments and returns an [`Error`] rather than panicking.
+//! Numerics, determinism and error handling are described in [`layer_norm`]; every function of
+//! the normalization API validates its arguments and returns an [`Error`] rather than
+//! panicking (the [`reference`] oracle, for tests, does not).
 
 #![deny(unsafe_code)]
 

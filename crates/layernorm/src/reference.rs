@@ -2,6 +2,10 @@
 //!
 //! Deliberately independent of the kernels: plain loops, Neumaier-compensated sums (so the
 //! reference stays exact-ish where a naive f64 sum would not), no lanes, no threads.
+//!
+//! An oracle, not an API: arguments are not validated. `cols` must be at least 1 and divide
+//! `x.len()`, and `weight`, `bias` and `dy` must have the lengths the formulas need; anything
+//! else panics (or, for a longer `dy`, is ignored).
 
 /// A Neumaier-compensated sum.
 pub fn compensated_sum(values: impl IntoIterator<Item = f64>) -> f64 {

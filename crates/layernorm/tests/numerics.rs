@@ -273,3 +273,33 @@ fn half_types_keep_constant_rows_exact_and_nan_contained() {
         .unwrap();
     }
 }
+
+#[test]
+fn an_outlier_first_element_does_not_cost_accuracy_in_long_rows() {
+    // [a, 0, 0, …]: the one-pass statistics pivot on x[0] = a, far from the mean a/n; the
+    // kernel must notice the cancellation and recompute around the mean. rstd is checked
+    // against the reference to two f32 roundings, on every ISA.
+    use layernorm::reference::layer_norm_stats;
+    for kind in layernorm::cpu_info().available {
+        layernorm::with_isa(kind, || {
+            for (log_n, a) in [(16, 1.0f32 / 3.0), (20, 1.0 / 3.0), (22, 0.1), (22, 1e3)] {
+                let n = 1usize << log_n;
+                let mut x = vec![0.0f32; n];
+                x[0] = a;
+                let (_, stats) = layer_norm::forward(&x, n, Affine::none(), 1e-30, PAR).unwrap();
+                let reference = layer_norm_stats(&widen_all(&x), n, 1e-30)[0];
+                let rel = (f64::from(stats.rstd[0]) - reference.1).abs() / reference.1;
+                assert!(
+                    rel <= 2.0 * f64::from(f32::EPSILON),
+                    "{kind} n=2^{log_n} a={a}: rstd off by {rel:e}"
+                );
+                let mean_err = (f64::from(stats.mean[0]) - reference.0).abs();
+                assert!(
+                    mean_err <= f64::from(f32::EPSILON) * reference.0.abs(),
+                    "{kind} mean off by {mean_err:e}"
+                );
+            }
+        })
+        .unwrap();
+    }
+}

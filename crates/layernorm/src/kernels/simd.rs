@@ -5,6 +5,7 @@
 //! ```text
 //! forward, per row:
 //!   pass 1  Σd, Σd² with d = x − x₀    f64, exact; x₀ from the row bounds the cancellation
+//!           (repeated around the mean found if it still cancelled too much)
 //!   pass 2  y = ((x − μ_hi) − μ_lo)·rstd·γ + β     f32, narrowed on store
 //! backward, per row (from saved mean, rstd):
 //!   pass 1  Σd, Σg, Σg·d            f64, d = x − mean, g = dy·γ (exact products)
@@ -141,25 +142,74 @@ fn normalize_affine<
     }
 }
 
-/// Mean and rstd of a row in one pass: Σd and Σd² in f64, with d = x − x₀ (x₀ the row's
-/// first element).
+/// Mean and rstd of a row: Σd and Σd² in f64 in one pass, with d = x − pivot and the pivot
+/// the row's first element; a second pass, around the mean just found, when the first
+/// cancelled too much.
 ///
-/// Shifting by a value *from the row* is what makes one pass safe: |μ − x₀| ≤ σ·√n (no single
-/// deviation can exceed the total), so `Σd²/n − (Σd/n)²` cancels at most a factor n of the
-/// variance, and with exact f64 differences and squares of f32 inputs the relative error of
-/// σ² stays below (n + log n)·2^-53 — under 2^-24 (one f32 rounding) even for rows of 2^29.
-/// The catastrophic `E[x²] − E[x]²` is the unshifted version, whose cancellation factor
-/// μ²/σ² is unbounded.
+/// One shifted pass computes σ² = Σd²/n − (Σd/n)². With a pivot from the row, |μ − x₀| ≤ σ·√n
+/// (no single deviation exceeds the total), so the subtraction cancels at most a factor
+/// (μ − x₀)²/σ² + 1 ≤ n + 1 — bounded, unlike `E[x²] − E[x]²` — but the rounding of the f64
+/// sum Σd² (up to ~n/16·2^-53 relative) is multiplied by that factor. When it exceeds
+/// [`max_cancellation`] (an outlier as the first element of a long row, say), the pass is
+/// repeated around the mean it found, where nothing cancels. Both passes depend only on the
+/// row, so results stay deterministic and batch-invariant.
 #[inline(always)]
 fn row_stats<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool>(
     s: S,
     x: &[T],
     eps: f64,
 ) -> RowStats {
+    // RMSNorm: no shift, Σx² directly (no subtraction, nothing cancels).
+    let pivot = if CENTER { to_f64(x[0]) } else { 0.0 };
+    let (sum_d, sum_sq) = shifted_sums(s, x, pivot);
+    let nf = x.len() as f64;
+    let (mut mean, mut var) = if CENTER {
+        let shift = sum_d / nf;
+        let var = sum_sq / nf - shift * shift;
+        // Second pass when Σd²/n is more than `max_cancellation` times the variance left.
+        if sum_sq / nf > max_cancellation(x.len()) * var.abs() && var.is_finite() {
+            let mean = pivot + shift;
+            let (sum_d, sum_sq) = shifted_sums(s, x, mean);
+            let shift = sum_d / nf;
+            (mean + shift, sum_sq / nf - shift * shift)
+        } else {
+            (pivot + shift, var)
+        }
+    } else {
+        (0.0, sum_sq / nf)
+    };
+    // Rounding can leave a hair below zero; a NaN must stay NaN.
+    if var < 0.0 {
+        var = 0.0;
+    }
+    if !CENTER {
+        mean = 0.0;
+    }
+    RowStats {
+        mean,
+        rstd: 1.0 / (var + eps).sqrt(),
+    }
+}
+
+/// Above this ratio of Σd²/n to the variance, `row_stats` makes its second pass: the
+/// amplified rounding of Σd², ratio·(n/16)·2^-53, then stays below 2^-28 — a sixteenth of one
+/// f32 rounding — for any row length (the ratio is 1024 up to 2^17 elements, and shrinks for
+/// longer rows down to 4). The second pass has no amplification at all.
+#[inline(always)]
+fn max_cancellation(n: usize) -> f64 {
+    (2f64.powi(27) / n as f64).clamp(4.0, 1024.0)
+}
+
+/// Σ(x − pivot) and Σ(x − pivot)² in f64 (differences and squares of f32 values: exact, and
+/// exact to f64 rounding for a pivot that is not an f32).
+#[inline(always)]
+fn shifted_sums<S: Simd, T: Storage + Element<Compute = f32>>(
+    s: S,
+    x: &[T],
+    pivot: f64,
+) -> (f64, f64) {
     let (n, l) = (x.len(), S::LANES);
     let zero = s.splat64(0.0);
-    // RMSNorm: no shift, Σx² directly (no cancellation to guard against).
-    let pivot = if CENTER { to_f64(x[0]) } else { 0.0 };
     let p = s.splat64(pivot);
     let (mut sum, mut sq) = ([zero; 4], [zero; 4]);
     let mut i = 0;
@@ -189,15 +239,7 @@ fn row_stats<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool>(
         sum_d += d;
         sum_sq += d * d;
     }
-    let nf = n as f64;
-    let shift = if CENTER { sum_d / nf } else { 0.0 };
-    let var = sum_sq / nf - shift * shift;
-    // Rounding can leave a hair below zero; a NaN must stay NaN.
-    let var = if var < 0.0 { 0.0 } else { var };
-    RowStats {
-        mean: pivot + shift,
-        rstd: 1.0 / (var + eps).sqrt(),
-    }
+    (sum_d, sum_sq)
 }
 
 /// The sum of 4 accumulators' lanes, in a fixed order.
@@ -386,11 +428,6 @@ fn backward_row<
     (mean, rstd): (f64, f64),
     out: RowGrads<'_, T>,
 ) {
-    if !in_safe_range::<f32>(mean, rstd) {
-        let weight = W.then_some(weight);
-        let norm = if CENTER { Norm::Layer } else { Norm::Rms };
-        return portable::backward_row(x, dy, weight, (mean, rstd), out, norm);
-    }
     let (n, l) = (x.len(), S::LANES);
     // Pass 1: Σd, Σg, Σg·d with d = x − mean and g = dy·γ, both exact in f64.
     let pivot = s.splat64(mean);
@@ -432,6 +469,13 @@ fn backward_row<
     let delta = if CENTER { sum_d / nf } else { 0.0 };
     let mean_g = if CENTER { sum_g / nf } else { 0.0 };
     let mean_gx = (sum_gd - delta * sum_g) * rstd / nf;
+    // Rows outside f32's safe range (judged, as in the portable kernel, on the refined mean)
+    // take the f64 path.
+    if !in_safe_range::<f32>(mean + delta, rstd) {
+        let weight = W.then_some(weight);
+        let norm = if CENTER { Norm::Layer } else { Norm::Rms };
+        return portable::backward_row(x, dy, weight, (mean, rstd), out, norm);
+    }
 
     // Pass 2, in f32.
     let (hi_s, lo_s) = split_mean(mean + delta);

@@ -3,7 +3,7 @@
 //! each, and combine the dγ/dβ partials in a fixed order.
 
 use crate::arch;
-use crate::dtype::{Element, Float};
+use crate::dtype::Element;
 use crate::error::{Operand, Result};
 use crate::kernels::{BackwardBlock, ForwardBlock, Norm, ParamOf, Residual};
 use crate::layout::RowsCols;
@@ -167,7 +167,7 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
             *acc += v;
         }
     }
-    let narrow = |v: &f64| P::narrow(P::Compute::from_f64(*v));
+    let narrow = |v: &f64| P::round_from_f64(*v);
     let (dw_sum, db_sum) = first.split_at(if want_dw { cols } else { 0 });
     if let Some(dw) = grads.dweight {
         dw.iter_mut().zip(dw_sum).for_each(|(o, v)| *o = narrow(v));

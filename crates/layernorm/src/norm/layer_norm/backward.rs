@@ -59,8 +59,9 @@ pub fn backward<T: Element>(
 /// [`backward`] into caller-provided buffers: each of `grads.dx` (shaped like x),
 /// `grads.dweight` and `grads.dbias` (one value per element of a row) is filled if present.
 ///
-/// Allocates nothing but, when dγ or dβ is requested, their f64 partial sums (at most 64
-/// blocks of `normalized_len` values each, and never more than 8 MiB).
+/// Allocates nothing but, when dγ or dβ is requested, their f64 partial sums: at most 64
+/// blocks of `normalized_len` values each and about 8 MiB — or a single block (16 bytes per
+/// column) for rows longer than 2^19.
 ///
 /// # Errors
 /// As [`backward`], plus [`Error::LengthMismatch`] for an output buffer of the wrong length.
