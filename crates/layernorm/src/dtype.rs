@@ -209,6 +209,12 @@ impl Element for bf16 {
     }
 }
 
+/// Widens an element straight to f64 (exact for every element type).
+#[inline(always)]
+pub(crate) fn to_f64<T: Element>(v: T) -> f64 {
+    v.widen().to_f64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,10 +239,4 @@ mod tests {
         assert!(bf16::round_from_f64(f64::NAN).is_nan());
         assert_eq!(f32::round_from_f64(0.1), 0.1f32);
     }
-}
-
-/// Widens an element straight to f64 (exact for every element type).
-#[inline(always)]
-pub(crate) fn to_f64<T: Element>(v: T) -> f64 {
-    v.widen().to_f64()
 }
