@@ -31,7 +31,7 @@
 //!
 //! Numerics, determinism and error handling are described in [`layer_norm`]; every function of
 //! the normalization API validates its arguments and returns an [`Error`] rather than
-//! panicking (the [`reference`] oracle, for tests, does not).
+//! panicking (the [`reference`](mod@reference) oracle, for tests, does not).
 
 #![deny(unsafe_code)]
 
