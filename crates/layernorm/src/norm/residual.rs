@@ -132,13 +132,6 @@ pub(crate) fn backward<T: Element>(
     mask: GradMask,
     par: Parallelism,
 ) -> Result<Gradients<T>> {
-    let shape = RowsCols::from_len(sum.len(), normalized_len)?;
-    let buffer = |wanted: bool, len: usize| wanted.then(|| arch::filled_vec(len));
-    let mut grads = Gradients {
-        dx: buffer(mask.input, sum.len()),
-        dweight: buffer(mask.weight, shape.cols),
-        dbias: buffer(mask.bias && norm == Norm::Layer, shape.cols),
-    };
     let job = BackwardJob {
         norm,
         dy: upstream.dy,
@@ -148,8 +141,7 @@ pub(crate) fn backward<T: Element>(
         rstd,
         weight,
         dsum: upstream.dsum,
-        grads: GradsMut::from_gradients(&mut grads),
+        grads: GradsMut::default(),
     };
-    rows::backward(job, par)?;
-    Ok(grads)
+    rows::backward_alloc(job, mask, par)
 }

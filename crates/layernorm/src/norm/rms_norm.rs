@@ -15,11 +15,9 @@
 //! PyTorch's `F.rms_norm(eps=None)` uses `torch.finfo(x.dtype).eps` instead; pass it explicitly
 //! to match (1.19e-7 for f32).
 
-use crate::arch;
-use crate::dtype::{Element, Float};
+use crate::dtype::Element;
 use crate::error::Result;
 use crate::kernels::{Norm, ParamOf};
-use crate::layout::RowsCols;
 use crate::norm::residual::{self, ResidualOutput, Upstream};
 use crate::norm::rows::{self, BackwardJob, ForwardJob};
 use crate::norm::{Affine, GradMask, Gradients, GradsMut};
@@ -50,11 +48,9 @@ pub fn forward<T: Element>(
     eps: f64,
     par: Parallelism,
 ) -> Result<(Vec<T>, Vec<T::Compute>)> {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let mut y = arch::filled_vec(x.len());
-    let mut rstd = vec![T::Compute::ZERO; shape.rows];
-    forward_into(x, normalized_len, weight, eps, &mut y, Some(&mut rstd), par)?;
-    Ok((y, rstd))
+    let affine = Affine { weight, bias: None };
+    let (y, stats) = rows::forward_alloc(Norm::Rms, x, normalized_len, affine, eps, par)?;
+    Ok((y, stats.rstd))
 }
 
 /// [`forward`] into caller-provided buffers, allocating nothing.
@@ -100,23 +96,18 @@ pub fn backward<T: Element>(
     mask: GradMask,
     par: Parallelism,
 ) -> Result<Gradients<T>> {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let buffer = |wanted: bool, len: usize| wanted.then(|| arch::filled_vec(len));
-    let mut grads = Gradients {
-        dx: buffer(mask.input, x.len()),
-        dweight: buffer(mask.weight, shape.cols),
-        dbias: None,
-    };
-    backward_into(
+    let job = BackwardJob {
+        norm: Norm::Rms,
         dy,
         x,
         normalized_len,
+        mean: None,
         rstd,
         weight,
-        GradsMut::from_gradients(&mut grads),
-        par,
-    )?;
-    Ok(grads)
+        dsum: None,
+        grads: GradsMut::default(),
+    };
+    rows::backward_alloc(job, mask, par)
 }
 
 /// [`backward`] into caller-provided buffers (`grads.dbias`, if given, receives Σ_rows dy).
@@ -209,23 +200,9 @@ pub fn forward_mixed<T: Element<Compute = f32>>(
 where
     f32: ParamOf<T>,
 {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let mut y = arch::filled_vec(x.len());
-    let mut rstd = vec![0.0f32; shape.rows];
     let affine = Affine { weight, bias: None };
-    let job = ForwardJob {
-        norm: Norm::Rms,
-        x,
-        residual: None,
-        normalized_len,
-        affine,
-        eps,
-        y: &mut y,
-        mean: None,
-        rstd: Some(&mut rstd),
-    };
-    rows::forward(job, par)?;
-    Ok((y, rstd))
+    let (y, stats) = rows::forward_alloc(Norm::Rms, x, normalized_len, affine, eps, par)?;
+    Ok((y, stats.rstd))
 }
 
 /// [`backward`] with an f32 γ for f16 or bf16 (or f32) data; dγ comes back in f32.
@@ -244,12 +221,6 @@ pub fn backward_mixed<T: Element<Compute = f32>>(
 where
     f32: ParamOf<T>,
 {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let mut grads = Gradients {
-        dx: mask.input.then(|| arch::filled_vec(x.len())),
-        dweight: mask.weight.then(|| vec![0.0f32; shape.cols]),
-        dbias: None,
-    };
     let job = BackwardJob {
         norm: Norm::Rms,
         dy,
@@ -259,8 +230,7 @@ where
         rstd,
         weight,
         dsum: None,
-        grads: GradsMut::from_gradients(&mut grads),
+        grads: GradsMut::default(),
     };
-    rows::backward(job, par)?;
-    Ok(grads)
+    rows::backward_alloc(job, mask, par)
 }

@@ -3,11 +3,11 @@
 //! each, and combine the dγ/dβ partials in a fixed order.
 
 use crate::arch;
-use crate::dtype::Element;
+use crate::dtype::{Element, Float};
 use crate::error::{Operand, Result};
 use crate::kernels::{BackwardBlock, ForwardBlock, Norm, ParamOf, Residual};
 use crate::layout::RowsCols;
-use crate::norm::{check_eps, check_len, Affine, GradsMut};
+use crate::norm::{check_eps, check_len, Affine, GradMask, Gradients, GradsMut, Stats, StatsMut};
 use crate::par::{for_each_block, Blocks, Parallelism};
 
 /// A forward call, before validation.
@@ -176,4 +176,88 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
         db.iter_mut().zip(db_sum).for_each(|(o, v)| *o = narrow(v));
     }
     Ok(())
+}
+
+/// [`forward`] with optional caller statistics buffers (the mean is only written for
+/// LayerNorm).
+#[allow(clippy::too_many_arguments)] // the public entry points fix `norm` and take seven
+pub(crate) fn forward_stats<T: Element, P: ParamOf<T>>(
+    norm: Norm,
+    x: &[T],
+    normalized_len: usize,
+    affine: Affine<'_, P>,
+    eps: f64,
+    y: &mut [T],
+    stats: Option<StatsMut<'_, T::Compute>>,
+    par: Parallelism,
+) -> Result<()> {
+    let (mean, rstd) = match stats {
+        Some(s) => ((norm == Norm::Layer).then_some(s.mean), Some(s.rstd)),
+        None => (None, None),
+    };
+    let job = ForwardJob {
+        norm,
+        x,
+        residual: None,
+        normalized_len,
+        affine,
+        eps,
+        y,
+        mean,
+        rstd,
+    };
+    forward(job, par)
+}
+
+/// Allocating forward: `y` and the statistics (`mean` empty for RMSNorm).
+pub(crate) fn forward_alloc<T: Element, P: ParamOf<T>>(
+    norm: Norm,
+    x: &[T],
+    normalized_len: usize,
+    affine: Affine<'_, P>,
+    eps: f64,
+    par: Parallelism,
+) -> Result<(Vec<T>, Stats<T::Compute>)> {
+    let shape = RowsCols::from_len(x.len(), normalized_len)?;
+    let mut y = arch::filled_vec(x.len());
+    let zero = T::Compute::ZERO;
+    let mean_rows = if norm == Norm::Layer { shape.rows } else { 0 };
+    let mut stats = Stats {
+        mean: vec![zero; mean_rows],
+        rstd: vec![zero; shape.rows],
+    };
+    forward_stats(
+        norm,
+        x,
+        normalized_len,
+        affine,
+        eps,
+        &mut y,
+        Some(stats.as_mut()),
+        par,
+    )?;
+    Ok((y, stats))
+}
+
+/// Allocating backward: the gradients `mask` asks for (dβ never for RMSNorm).
+pub(crate) fn backward_alloc<T: Element, P: ParamOf<T>>(
+    job: BackwardJob<'_, T, P>,
+    mask: GradMask,
+    par: Parallelism,
+) -> Result<Gradients<T, P>> {
+    let shape = RowsCols::from_len(job.x.len(), job.normalized_len)?;
+    let wants_bias = mask.bias && job.norm == Norm::Layer;
+    let mut grads = Gradients {
+        dx: mask.input.then(|| arch::filled_vec(job.x.len())),
+        dweight: mask.weight.then(|| arch::filled_vec(shape.cols)),
+        dbias: wants_bias.then(|| arch::filled_vec(shape.cols)),
+    };
+    backward(
+        BackwardJob {
+            grads: GradsMut::from_gradients(&mut grads),
+            ..job
+        },
+        par,
+    )?;
+    Ok(grads)
 }

@@ -1,10 +1,8 @@
 //! LayerNorm backward: the public entry points over the shared row driver.
 
-use crate::arch;
 use crate::dtype::Element;
 use crate::error::Result;
 use crate::kernels::Norm;
-use crate::layout::RowsCols;
 use crate::norm::rows::{self, BackwardJob};
 use crate::norm::{GradMask, Gradients, GradsMut, StatsRef};
 use crate::par::Parallelism;
@@ -44,16 +42,18 @@ pub fn backward<T: Element>(
     mask: GradMask,
     par: Parallelism,
 ) -> Result<Gradients<T>> {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let buffer = |wanted: bool, len: usize| wanted.then(|| arch::filled_vec(len));
-    let mut grads = Gradients {
-        dx: buffer(mask.input, x.len()),
-        dweight: buffer(mask.weight, shape.cols),
-        dbias: buffer(mask.bias, shape.cols),
+    let job = BackwardJob {
+        norm: Norm::Layer,
+        dy,
+        x,
+        normalized_len,
+        mean: Some(stats.mean),
+        rstd: stats.rstd,
+        weight,
+        dsum: None,
+        grads: GradsMut::default(),
     };
-    let out = GradsMut::from_gradients(&mut grads);
-    backward_into(dy, x, normalized_len, stats, weight, out, par)?;
-    Ok(grads)
+    rows::backward_alloc(job, mask, par)
 }
 
 /// [`backward`] into caller-provided buffers: each of `grads.dx` (shaped like x),

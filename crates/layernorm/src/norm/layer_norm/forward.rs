@@ -1,11 +1,9 @@
 //! LayerNorm forward: the public entry points over the shared row driver.
 
-use crate::arch;
-use crate::dtype::{Element, Float};
+use crate::dtype::Element;
 use crate::error::Result;
 use crate::kernels::Norm;
-use crate::layout::RowsCols;
-use crate::norm::rows::{self, ForwardJob};
+use crate::norm::rows;
 use crate::norm::{Affine, Stats, StatsMut};
 use crate::par::Parallelism;
 
@@ -40,22 +38,7 @@ pub fn forward<T: Element>(
     eps: f64,
     par: Parallelism,
 ) -> Result<(Vec<T>, Stats<T::Compute>)> {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let mut y = arch::filled_vec(x.len());
-    let mut stats = Stats {
-        mean: vec![T::Compute::ZERO; shape.rows],
-        rstd: vec![T::Compute::ZERO; shape.rows],
-    };
-    forward_into(
-        x,
-        normalized_len,
-        affine,
-        eps,
-        &mut y,
-        Some(stats.as_mut()),
-        par,
-    )?;
-    Ok((y, stats))
+    rows::forward_alloc(Norm::Layer, x, normalized_len, affine, eps, par)
 }
 
 /// [`forward`] into caller-provided buffers, allocating nothing: `y` has `x.len()` elements,
@@ -74,20 +57,5 @@ pub fn forward_into<T: Element>(
     stats: Option<StatsMut<'_, T::Compute>>,
     par: Parallelism,
 ) -> Result<()> {
-    let (mean, rstd) = match stats {
-        Some(s) => (Some(s.mean), Some(s.rstd)),
-        None => (None, None),
-    };
-    let job = ForwardJob {
-        norm: Norm::Layer,
-        x,
-        residual: None,
-        normalized_len,
-        affine,
-        eps,
-        y,
-        mean,
-        rstd,
-    };
-    rows::forward(job, par)
+    rows::forward_stats(Norm::Layer, x, normalized_len, affine, eps, y, stats, par)
 }

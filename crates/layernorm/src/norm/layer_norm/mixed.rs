@@ -2,12 +2,10 @@
 //! that mixed-precision training keeps. The same kernels run; γ/β are read as f32 and dγ/dβ
 //! are returned in f32 (their f64 partials are rounded once, to f32 rather than to 16 bits).
 
-use crate::arch;
 use crate::dtype::Element;
 use crate::error::Result;
 use crate::kernels::{Norm, ParamOf};
-use crate::layout::RowsCols;
-use crate::norm::rows::{self, BackwardJob, ForwardJob};
+use crate::norm::rows::{self, BackwardJob};
 use crate::norm::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};
 use crate::par::Parallelism;
 
@@ -35,22 +33,7 @@ pub fn forward_mixed<T: Element<Compute = f32>>(
 where
     f32: ParamOf<T>,
 {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let mut y = arch::filled_vec(x.len());
-    let mut stats = Stats {
-        mean: vec![0.0; shape.rows],
-        rstd: vec![0.0; shape.rows],
-    };
-    forward_mixed_into(
-        x,
-        normalized_len,
-        affine,
-        eps,
-        &mut y,
-        Some(stats.as_mut()),
-        par,
-    )?;
-    Ok((y, stats))
+    rows::forward_alloc(Norm::Layer, x, normalized_len, affine, eps, par)
 }
 
 /// [`forward_into`](super::forward_into) with f32 γ/β for f16 or bf16 (or f32) data.
@@ -69,22 +52,7 @@ pub fn forward_mixed_into<T: Element<Compute = f32>>(
 where
     f32: ParamOf<T>,
 {
-    let (mean, rstd) = match stats {
-        Some(s) => (Some(s.mean), Some(s.rstd)),
-        None => (None, None),
-    };
-    let job = ForwardJob {
-        norm: Norm::Layer,
-        x,
-        residual: None,
-        normalized_len,
-        affine,
-        eps,
-        y,
-        mean,
-        rstd,
-    };
-    rows::forward(job, par)
+    rows::forward_stats(Norm::Layer, x, normalized_len, affine, eps, y, stats, par)
 }
 
 /// [`backward`](super::backward) with f32 γ for f16 or bf16 (or f32) data; dγ and dβ come
@@ -104,12 +72,6 @@ pub fn backward_mixed<T: Element<Compute = f32>>(
 where
     f32: ParamOf<T>,
 {
-    let shape = RowsCols::from_len(x.len(), normalized_len)?;
-    let mut grads = Gradients {
-        dx: mask.input.then(|| arch::filled_vec(x.len())),
-        dweight: mask.weight.then(|| vec![0.0f32; shape.cols]),
-        dbias: mask.bias.then(|| vec![0.0f32; shape.cols]),
-    };
     let job = BackwardJob {
         norm: Norm::Layer,
         dy,
@@ -119,8 +81,7 @@ where
         rstd: stats.rstd,
         weight,
         dsum: None,
-        grads: GradsMut::from_gradients(&mut grads),
+        grads: GradsMut::default(),
     };
-    rows::backward(job, par)?;
-    Ok(grads)
+    rows::backward_alloc(job, mask, par)
 }
