@@ -19,7 +19,7 @@ use crate::dtype::Element;
 use crate::error::Result;
 use crate::kernels::{Norm, ParamOf};
 use crate::norm::residual::{self, ResidualOutput, Upstream};
-use crate::norm::rows::{self, BackwardJob, ForwardJob};
+use crate::norm::rows::{self, ForwardJob};
 use crate::norm::{Affine, GradMask, Gradients, GradsMut};
 use crate::par::Parallelism;
 
@@ -96,17 +96,14 @@ pub fn backward<T: Element>(
     mask: GradMask,
     par: Parallelism,
 ) -> Result<Gradients<T>> {
-    let job = BackwardJob {
-        norm: Norm::Rms,
+    let job = rows::plain_backward(
         dy,
         x,
         normalized_len,
-        mean: None,
-        rstd,
+        (None, rstd),
         weight,
-        dsum: None,
-        grads: GradsMut::default(),
-    };
+        GradsMut::default(),
+    );
     rows::backward_alloc(job, mask, par)
 }
 
@@ -124,17 +121,7 @@ pub fn backward_into<T: Element>(
     grads: GradsMut<'_, T>,
     par: Parallelism,
 ) -> Result<()> {
-    let job = BackwardJob {
-        norm: Norm::Rms,
-        dy,
-        x,
-        normalized_len,
-        mean: None,
-        rstd,
-        weight,
-        dsum: None,
-        grads,
-    };
+    let job = rows::plain_backward(dy, x, normalized_len, (None, rstd), weight, grads);
     rows::backward(job, par)
 }
 
@@ -221,16 +208,13 @@ pub fn backward_mixed<T: Element<Compute = f32>>(
 where
     f32: ParamOf<T>,
 {
-    let job = BackwardJob {
-        norm: Norm::Rms,
+    let job = rows::plain_backward(
         dy,
         x,
         normalized_len,
-        mean: None,
-        rstd,
+        (None, rstd),
         weight,
-        dsum: None,
-        grads: GradsMut::default(),
-    };
+        GradsMut::default(),
+    );
     rows::backward_alloc(job, mask, par)
 }

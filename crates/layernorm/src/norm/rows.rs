@@ -261,3 +261,31 @@ pub(crate) fn backward_alloc<T: Element, P: ParamOf<T>>(
     )?;
     Ok(grads)
 }
+
+/// The backward job of a plain (not fused) call: LayerNorm when `mean` is given, RMSNorm
+/// when it is not.
+pub(crate) fn plain_backward<'a, T: Element, P>(
+    dy: &'a [T],
+    x: &'a [T],
+    normalized_len: usize,
+    (mean, rstd): (Option<&'a [T::Compute]>, &'a [T::Compute]),
+    weight: Option<&'a [P]>,
+    grads: GradsMut<'a, T, P>,
+) -> BackwardJob<'a, T, P> {
+    let norm = if mean.is_some() {
+        Norm::Layer
+    } else {
+        Norm::Rms
+    };
+    BackwardJob {
+        norm,
+        dy,
+        x,
+        normalized_len,
+        mean,
+        rstd,
+        weight,
+        dsum: None,
+        grads,
+    }
+}

@@ -2,8 +2,7 @@
 
 use crate::dtype::Element;
 use crate::error::Result;
-use crate::kernels::Norm;
-use crate::norm::rows::{self, BackwardJob};
+use crate::norm::rows;
 use crate::norm::{GradMask, Gradients, GradsMut, StatsRef};
 use crate::par::Parallelism;
 
@@ -42,17 +41,14 @@ pub fn backward<T: Element>(
     mask: GradMask,
     par: Parallelism,
 ) -> Result<Gradients<T>> {
-    let job = BackwardJob {
-        norm: Norm::Layer,
+    let job = rows::plain_backward(
         dy,
         x,
         normalized_len,
-        mean: Some(stats.mean),
-        rstd: stats.rstd,
+        (Some(stats.mean), stats.rstd),
         weight,
-        dsum: None,
-        grads: GradsMut::default(),
-    };
+        GradsMut::default(),
+    );
     rows::backward_alloc(job, mask, par)
 }
 
@@ -76,16 +72,13 @@ pub fn backward_into<T: Element>(
     grads: GradsMut<'_, T>,
     par: Parallelism,
 ) -> Result<()> {
-    let job = BackwardJob {
-        norm: Norm::Layer,
+    let job = rows::plain_backward(
         dy,
         x,
         normalized_len,
-        mean: Some(stats.mean),
-        rstd: stats.rstd,
+        (Some(stats.mean), stats.rstd),
         weight,
-        dsum: None,
         grads,
-    };
+    );
     rows::backward(job, par)
 }

@@ -5,7 +5,7 @@
 use crate::dtype::Element;
 use crate::error::Result;
 use crate::kernels::{Norm, ParamOf};
-use crate::norm::rows::{self, BackwardJob};
+use crate::norm::rows;
 use crate::norm::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};
 use crate::par::Parallelism;
 
@@ -72,16 +72,13 @@ pub fn backward_mixed<T: Element<Compute = f32>>(
 where
     f32: ParamOf<T>,
 {
-    let job = BackwardJob {
-        norm: Norm::Layer,
+    let job = rows::plain_backward(
         dy,
         x,
         normalized_len,
-        mean: Some(stats.mean),
-        rstd: stats.rstd,
+        (Some(stats.mean), stats.rstd),
         weight,
-        dsum: None,
-        grads: GradsMut::default(),
-    };
+        GradsMut::default(),
+    );
     rows::backward_alloc(job, mask, par)
 }
