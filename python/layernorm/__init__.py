@@ -40,6 +40,8 @@ __all__ = [
     "layer_norm_backward",
     "rms_norm",
     "rms_norm_backward",
+    "add_layer_norm",
+    "add_rms_norm",
     "LayerNormalization",
     "cpu_info",
     "LayerNormError",
@@ -139,6 +141,8 @@ def layer_norm_backward(
     weight: Optional[np.ndarray] = None,
     bias: Optional[np.ndarray] = None,
     output_mask: Tuple[bool, bool, bool] = (True, True, True),
+    *,
+    grad_sum: Optional[np.ndarray] = None,
 ):
     """Gradients of :func:`layer_norm`, as ``torch.ops.aten.native_layer_norm_backward``:
     returns ``(dx, dweight, dbias)``, each ``None`` where masked out (``output_mask``) or
@@ -147,6 +151,9 @@ def layer_norm_backward(
     ``mean`` and ``rstd`` are the statistics ``layer_norm(..., return_stats=True)`` returned
     (or PyTorch's); the exact mean is recovered from ``x``, so a rounded float32 mean costs no
     accuracy. ``bias`` is only used to know whether ``dbias`` is wanted.
+
+    After :func:`add_layer_norm`, pass its ``sum`` as ``x`` and the sum's own upstream gradient
+    as ``grad_sum``: it is added to ``dx`` (which is then also the residual's gradient).
     """
     shape = _normalized(normalized_shape)
     x = _float_array(x, "x")
@@ -156,7 +163,8 @@ def layer_norm_backward(
     rstd = np.ascontiguousarray(np.asarray(rstd), dtype=stats).reshape(-1)
     w = None if weight is None else _float_array(weight, "weight")
     want = (bool(output_mask[0]), bool(output_mask[1]) and w is not None, bool(output_mask[2]) and bias is not None)
-    dx, dw, db = _layernorm.layer_norm_backward(grad_out, x, mean, rstd, list(shape), w, want)
+    gs = None if grad_sum is None else _float_array(grad_sum, "grad_sum")
+    dx, dw, db = _layernorm.layer_norm_backward(grad_out, x, mean, rstd, list(shape), w, want, gs)
     if dw is not None:
         dw = dw.reshape(shape)
     if db is not None:
@@ -198,17 +206,69 @@ def rms_norm_backward(
     normalized_shape: ShapeLike,
     weight: Optional[np.ndarray] = None,
     output_mask: Tuple[bool, bool] = (True, True),
+    *,
+    grad_sum: Optional[np.ndarray] = None,
 ):
     """Gradients ``(dx, dweight)`` of :func:`rms_norm` (``None`` where masked or where there
-    is no weight), from the ``rstd`` that ``rms_norm(..., return_stats=True)`` returned."""
+    is no weight), from the ``rstd`` that ``rms_norm(..., return_stats=True)`` returned.
+    ``grad_sum`` as in :func:`layer_norm_backward` (after :func:`add_rms_norm`)."""
     shape = _normalized(normalized_shape)
     x = _float_array(x, "x")
     grad_out = _float_array(grad_out, "grad_out")
     rstd = np.ascontiguousarray(np.asarray(rstd), dtype=_stats_dtype(x)).reshape(-1)
     w = None if weight is None else _float_array(weight, "weight")
     want = (bool(output_mask[0]), bool(output_mask[1]) and w is not None)
-    dx, dw = _layernorm.rms_norm_backward(grad_out, x, rstd, list(shape), w, want)
+    gs = None if grad_sum is None else _float_array(grad_sum, "grad_sum")
+    dx, dw = _layernorm.rms_norm_backward(grad_out, x, rstd, list(shape), w, want, gs)
     return dx, (None if dw is None else dw.reshape(shape))
+
+
+def add_layer_norm(
+    x: np.ndarray,
+    residual: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    *,
+    return_stats: bool = False,
+):
+    """Fused residual add + LayerNorm, as a Transformer block does it: ``sum = x + residual``
+    and ``y = layer_norm(sum)`` in one pass over memory. Returns ``(sum, y)``, or
+    ``(sum, y, mean, rstd)`` with ``return_stats=True``. ``y`` is exactly
+    ``layer_norm(sum)`` (the sum is rounded to x's dtype first). For the gradients, call
+    :func:`layer_norm_backward` on ``sum`` with ``grad_sum=``.
+    """
+    shape = _normalized(normalized_shape)
+    x = _float_array(x, "x")
+    r = _float_array(residual, "residual")
+    w = None if weight is None else _float_array(weight, "weight")
+    b = None if bias is None else _float_array(bias, "bias")
+    s, y, mean, rstd = _layernorm.add_norm_forward(x, r, list(shape), w, b, float(eps), False)
+    if not return_stats:
+        return s, y
+    k = len(shape)
+    return s, y, mean.reshape(_stats_shape(x, k)), rstd.reshape(_stats_shape(x, k))
+
+
+def add_rms_norm(
+    x: np.ndarray,
+    residual: np.ndarray,
+    normalized_shape: ShapeLike,
+    weight: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    *,
+    return_stats: bool = False,
+):
+    """Fused residual add + RMSNorm: returns ``(sum, y)``, or ``(sum, y, rstd)``."""
+    shape = _normalized(normalized_shape)
+    x = _float_array(x, "x")
+    r = _float_array(residual, "residual")
+    w = None if weight is None else _float_array(weight, "weight")
+    s, y, _, rstd = _layernorm.add_norm_forward(x, r, list(shape), w, None, float(eps), True)
+    if not return_stats:
+        return s, y
+    return s, y, rstd.reshape(_stats_shape(x, len(shape)))
 
 
 class LayerNormalization:

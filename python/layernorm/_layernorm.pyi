@@ -30,6 +30,7 @@ def layer_norm_backward(
     normalized_shape: Sequence[int],
     weight: Optional[np.ndarray] = None,
     output_mask: Tuple[bool, bool, bool] = (True, True, True),
+    grad_sum: Optional[np.ndarray] = None,
 ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
 def rms_norm_forward(
     x: np.ndarray,
@@ -45,6 +46,16 @@ def rms_norm_backward(
     normalized_shape: Sequence[int],
     weight: Optional[np.ndarray] = None,
     output_mask: Tuple[bool, bool] = (True, True),
+    grad_sum: Optional[np.ndarray] = None,
 ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]: ...
+def add_norm_forward(
+    x: np.ndarray,
+    residual: np.ndarray,
+    normalized_shape: Sequence[int],
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    eps: float = 1e-5,
+    rms: bool = False,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def after_fork_in_child() -> None: ...
 def cpu_info() -> Tuple[str, list[str]]: ...

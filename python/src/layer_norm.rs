@@ -2,7 +2,9 @@
 //! `layer_norm` and `rms_norm` (forward, forward_into, backward).
 
 use layernorm::layout::RowsCols;
-use layernorm::{bf16, f16, layer_norm, rms_norm, Affine, Element, GradMask, StatsMut, StatsRef};
+use layernorm::{
+    bf16, f16, layer_norm, rms_norm, Affine, Element, GradMask, StatsMut, StatsRef, Upstream,
+};
 use numpy::{
     PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
@@ -215,7 +217,8 @@ where
 
 /// Gradients `(dx, dweight, dbias)` (flat, `None` where not requested) of LayerNorm.
 #[pyfunction]
-#[pyo3(signature = (grad_out, x, mean, rstd, normalized_shape, weight=None, output_mask=(true, true, true)))]
+#[pyo3(signature = (grad_out, x, mean, rstd, normalized_shape, weight=None, output_mask=(true, true, true), grad_sum=None))]
+#[allow(clippy::too_many_arguments)] // mirrors the Python signature
 pub fn layer_norm_backward<'py>(
     grad_out: &Bound<'py, PyUntypedArray>,
     x: &Bound<'py, PyUntypedArray>,
@@ -224,9 +227,10 @@ pub fn layer_norm_backward<'py>(
     normalized_shape: Vec<usize>,
     weight: Option<&Bound<'py, PyUntypedArray>>,
     output_mask: (bool, bool, bool),
+    grad_sum: Option<&Bound<'py, PyUntypedArray>>,
 ) -> PyResult<MaybeArrays<'py>> {
     let args = (
-        grad_out,
+        (grad_out, grad_sum),
         x,
         Some(mean),
         rstd,
@@ -239,7 +243,7 @@ pub fn layer_norm_backward<'py>(
 
 /// Gradients `(dx, dweight)` (flat, `None` where not requested) of RMSNorm.
 #[pyfunction]
-#[pyo3(signature = (grad_out, x, rstd, normalized_shape, weight=None, output_mask=(true, true)))]
+#[pyo3(signature = (grad_out, x, rstd, normalized_shape, weight=None, output_mask=(true, true), grad_sum=None))]
 pub fn rms_norm_backward<'py>(
     grad_out: &Bound<'py, PyUntypedArray>,
     x: &Bound<'py, PyUntypedArray>,
@@ -247,10 +251,11 @@ pub fn rms_norm_backward<'py>(
     normalized_shape: Vec<usize>,
     weight: Option<&Bound<'py, PyUntypedArray>>,
     output_mask: (bool, bool),
+    grad_sum: Option<&Bound<'py, PyUntypedArray>>,
 ) -> PyResult<(MaybeArray<'py>, MaybeArray<'py>)> {
     let mask = (output_mask.0, output_mask.1, false);
     let args = (
-        grad_out,
+        (grad_out, grad_sum),
         x,
         None,
         rstd,
@@ -273,9 +278,13 @@ fn dispatch_backward<'py>(args: BackwardArgs<'_, 'py>) -> PyResult<MaybeArrays<'
     }
 }
 
-/// grad_out, x, mean (None: RMSNorm), rstd, normalized shape, weight, output mask.
+/// grad_out (and the fused sum's gradient), x, mean (None: RMSNorm), rstd, normalized shape,
+/// weight, output mask.
 type BackwardArgs<'a, 'py> = (
-    &'a Bound<'py, PyUntypedArray>,
+    (
+        &'a Bound<'py, PyUntypedArray>,
+        Option<&'a Bound<'py, PyUntypedArray>>,
+    ),
     &'a Bound<'py, PyUntypedArray>,
     Option<&'a Bound<'py, PyUntypedArray>>,
     &'a Bound<'py, PyUntypedArray>,
@@ -285,7 +294,7 @@ type BackwardArgs<'a, 'py> = (
 );
 
 fn backward<'py, T>(
-    (grad_out, x, mean, rstd, normalized_shape, weight, mask): BackwardArgs<'_, 'py>,
+    ((grad_out, grad_sum), x, mean, rstd, normalized_shape, weight, mask): BackwardArgs<'_, 'py>,
 ) -> PyResult<MaybeArrays<'py>>
 where
     T: Element + numpy::Element,
@@ -304,6 +313,18 @@ where
         typed::<T>(x, "x", T::NAME)?,
         typed::<T>(grad_out, "grad_out", T::NAME)?,
     );
+    if let Some(gs) = grad_sum {
+        if gs.shape() != shape.as_slice() {
+            return Err(ShapeError::new_err(format!(
+                "grad_sum has shape {:?}, expected {shape:?} like x",
+                gs.shape()
+            )));
+        }
+    }
+    let ds = grad_sum
+        .map(|g| typed::<T>(g, "grad_sum", T::NAME))
+        .transpose()?;
+    let dss = ds.as_ref().map(|d| slice(d, "grad_sum")).transpose()?;
     let stats_dtype = <T::Compute as layernorm::Float>::NAME;
     let mean = mean
         .map(|m| typed::<T::Compute>(m, "mean", stats_dtype))
@@ -320,12 +341,30 @@ where
         bias: mask.2,
     };
     let cols = rows_cols.cols;
-    let grads = pool::run(py, xs.len(), |par| match means {
-        Some(mean) => {
+    let grads = pool::run(py, xs.len(), |par| match (means, dss) {
+        (Some(mean), None) => {
             let stats = StatsRef { mean, rstd: rstds };
             layer_norm::backward(dys, xs, cols, stats, ws, mask, par)
         }
-        None => rms_norm::backward(dys, xs, cols, rstds, ws, mask, par),
+        (None, None) => rms_norm::backward(dys, xs, cols, rstds, ws, mask, par),
+        (Some(mean), Some(dsum)) => {
+            let up = Upstream {
+                dy: dys,
+                dsum: Some(dsum),
+            };
+            let stats = layernorm::Stats {
+                mean: mean.to_vec(),
+                rstd: rstds.to_vec(),
+            };
+            layer_norm::backward_residual(up, xs, cols, &stats, ws, mask, par)
+        }
+        (None, Some(dsum)) => {
+            let up = Upstream {
+                dy: dys,
+                dsum: Some(dsum),
+            };
+            rms_norm::backward_residual(up, xs, cols, rstds, ws, mask, par)
+        }
     })
     .map_err(to_py)?;
     let wrap = |v: Option<Vec<T>>| v.map(|v| PyArray1::from_vec(py, v).into_any());
@@ -334,4 +373,110 @@ where
         None => None,
     };
     Ok((dx, wrap(grads.dweight), wrap(grads.dbias)))
+}
+
+/// Fused residual add: `sum = x + residual`, `y = norm(sum)` (RMSNorm when `rms`); returns
+/// flat-shaped `(sum, y, mean, rstd)` (`mean` empty for RMSNorm).
+#[pyfunction]
+#[pyo3(signature = (x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, rms=false))]
+#[allow(clippy::too_many_arguments)] // mirrors the Python signature
+pub fn add_norm_forward<'py>(
+    x: &Bound<'py, PyUntypedArray>,
+    residual: &Bound<'py, PyUntypedArray>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'py, PyUntypedArray>>,
+    bias: Option<&Bound<'py, PyUntypedArray>>,
+    eps: f64,
+    rms: bool,
+) -> PyResult<AddNormArrays<'py>> {
+    let args = (
+        x,
+        residual,
+        normalized_shape.as_slice(),
+        weight,
+        bias,
+        eps,
+        rms,
+    );
+    match dtype_name(x)?.as_str() {
+        "float32" => add_norm::<f32>(args),
+        "float64" => add_norm::<f64>(args),
+        "float16" => add_norm::<f16>(args),
+        "bfloat16" => add_norm::<bf16>(args),
+        other => Err(unsupported(other)),
+    }
+}
+
+/// sum, y, mean, rstd.
+type AddNormArrays<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+);
+
+type AddNormArgs<'a, 'py> = (
+    &'a Bound<'py, PyUntypedArray>,
+    &'a Bound<'py, PyUntypedArray>,
+    &'a [usize],
+    Option<&'a Bound<'py, PyUntypedArray>>,
+    Option<&'a Bound<'py, PyUntypedArray>>,
+    f64,
+    bool,
+);
+
+fn add_norm<'py, T>(
+    (x, residual, normalized_shape, weight, bias, eps, rms): AddNormArgs<'_, 'py>,
+) -> PyResult<AddNormArrays<'py>>
+where
+    T: Element + numpy::Element,
+    T::Compute: numpy::Element,
+{
+    let py = x.py();
+    let shape = x.shape().to_vec();
+    let rows_cols = RowsCols::with_normalized_shape(&shape, normalized_shape).map_err(to_py)?;
+    if residual.shape() != shape.as_slice() {
+        return Err(ShapeError::new_err(format!(
+            "residual has shape {:?}, expected {shape:?} like x",
+            residual.shape()
+        )));
+    }
+    let (x, r) = (
+        typed::<T>(x, "x", T::NAME)?,
+        typed::<T>(residual, "residual", T::NAME)?,
+    );
+    let w = param::<T>(weight, "weight", normalized_shape)?;
+    let b = param::<T>(bias, "bias", normalized_shape)?;
+    let (xs, rs) = (slice(&x, "x")?, slice(&r, "residual")?);
+    let ws = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
+    let bs = b.as_ref().map(|b| slice(b, "bias")).transpose()?;
+    let cols = rows_cols.cols;
+    let out = pool::run(py, xs.len(), |par| {
+        if rms {
+            rms_norm::forward_residual(xs, rs, cols, ws, eps, par)
+        } else {
+            layer_norm::forward_residual(
+                xs,
+                rs,
+                cols,
+                Affine {
+                    weight: ws,
+                    bias: bs,
+                },
+                eps,
+                par,
+            )
+        }
+    })
+    .map_err(to_py)?;
+    let sum = PyArray1::from_vec(py, out.sum).reshape(shape.clone())?;
+    let y = PyArray1::from_vec(py, out.y).reshape(shape)?;
+    let mean = PyArray1::from_vec(py, out.stats.mean);
+    let rstd = PyArray1::from_vec(py, out.stats.rstd);
+    Ok((
+        sum.into_any(),
+        y.into_any(),
+        mean.into_any(),
+        rstd.into_any(),
+    ))
 }

@@ -19,6 +19,7 @@ fn _layernorm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(layer_norm::layer_norm_backward, m)?)?;
     m.add_function(wrap_pyfunction!(layer_norm::rms_norm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(layer_norm::rms_norm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_norm::add_norm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(pool::after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_info, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
