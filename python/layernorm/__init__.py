@@ -17,6 +17,7 @@ float64 input, shaped like PyTorch's ``native_layer_norm`` returns them.
 
 from __future__ import annotations
 
+import operator
 import os
 from typing import Optional, Sequence, Tuple, Union
 
@@ -29,6 +30,7 @@ from ._layernorm import (
     EmptyError,
     EpsilonError,
     LayerNormError,
+    OutputError,
     ShapeError,
     SizeOverflowError,
     cpu_info,
@@ -51,6 +53,7 @@ __all__ = [
     "AxisError",
     "SizeOverflowError",
     "DTypeError",
+    "OutputError",
 ]
 
 # A forked child has none of the parent's pool threads: drop the pool there, and the next call
@@ -63,17 +66,18 @@ ShapeLike = Union[int, Sequence[int]]
 
 
 def _normalized(normalized_shape: ShapeLike) -> Tuple[int, ...]:
-    if isinstance(normalized_shape, (int, np.integer)):
-        return (int(normalized_shape),)
     bad = TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
     if isinstance(normalized_shape, (str, bytes)):
         raise bad
     try:
-        shape = tuple(int(d) for d in normalized_shape)
-    except (TypeError, ValueError):
+        if isinstance(normalized_shape, (int, np.integer)):
+            shape = (operator.index(normalized_shape),)
+        else:
+            shape = tuple(operator.index(d) for d in normalized_shape)
+    except TypeError:
         raise bad from None
-    if any(d < 0 for d in shape):
-        raise ShapeError(f"normalized_shape {shape} has a negative dimension")
+    if any(d < 0 or d >= 2**63 for d in shape):
+        raise ShapeError(f"normalized_shape {shape} has a negative or oversized dimension")
     return shape
 
 
@@ -85,8 +89,19 @@ def _float_array(a, what: str) -> np.ndarray:
         raise DTypeError(
             f"{what} has dtype {a.dtype.name}; expected float32, float64, float16 or bfloat16"
         )
+    if not a.dtype.isnative:  # big-endian data: the kernels read native byte order
+        a = a.astype(a.dtype.newbyteorder("="))
     # (np.ascontiguousarray would also turn a 0-d array into a 1-d one.)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _empty_batch(x: np.ndarray, shape: Tuple[int, ...]) -> bool:
+    """A batch of zero rows over a valid normalized shape: PyTorch returns empty outputs."""
+    k = len(shape)
+    return (
+        x.size == 0 and k > 0 and x.ndim >= k and tuple(x.shape[x.ndim - k:]) == shape
+        and all(d > 0 for d in shape)
+    )
 
 
 def _stats_dtype(x: np.ndarray):
@@ -125,6 +140,10 @@ def layer_norm(
     b = None if bias is None else _float_array(bias, "bias")
     if out is not None and not isinstance(out, np.ndarray):
         raise DTypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if _empty_batch(x, shape):
+        y = np.empty_like(x) if out is None else out
+        stats = np.zeros(_stats_shape(x, len(shape)), dtype=_stats_dtype(x))
+        return (y, stats, stats.copy()) if return_stats else y
     y, mean, rstd = _layernorm.layer_norm_forward(x, list(shape), w, b, float(eps), out)
     if not return_stats:
         return y
@@ -164,6 +183,9 @@ def layer_norm_backward(
     w = None if weight is None else _float_array(weight, "weight")
     want = (bool(output_mask[0]), bool(output_mask[1]) and w is not None, bool(output_mask[2]) and bias is not None)
     gs = None if grad_sum is None else _float_array(grad_sum, "grad_sum")
+    if _empty_batch(x, shape):
+        zeros = lambda on: np.zeros(shape, dtype=x.dtype) if on else None
+        return (np.zeros_like(x) if want[0] else None), zeros(want[1]), zeros(want[2])
     dx, dw, db = _layernorm.layer_norm_backward(grad_out, x, mean, rstd, list(shape), w, want, gs)
     if dw is not None:
         dw = dw.reshape(shape)
@@ -193,6 +215,10 @@ def rms_norm(
     w = None if weight is None else _float_array(weight, "weight")
     if out is not None and not isinstance(out, np.ndarray):
         raise DTypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if _empty_batch(x, shape):
+        y = np.empty_like(x) if out is None else out
+        rstd = np.zeros(_stats_shape(x, len(shape)), dtype=_stats_dtype(x))
+        return (y, rstd) if return_stats else y
     y, rstd = _layernorm.rms_norm_forward(x, list(shape), w, float(eps), out)
     if not return_stats:
         return y
@@ -322,7 +348,8 @@ class LayerNormalization:
         self.build(x)
         shape = self._normalized_shape(x)
         y, mean, rstd = layer_norm(x, shape, self.gamma, self.beta, self.epsilon, return_stats=True)
-        self._saved = (x, mean, rstd, shape)
+        # A copy: the caller may change x in place before calling backward.
+        self._saved = (x.copy(), mean, rstd, shape)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:

@@ -48,6 +48,13 @@ create_exception!(
     "An array has an unsupported dtype."
 );
 
+create_exception!(
+    layernorm,
+    OutputError,
+    LayerNormError,
+    "out= cannot be written (read-only, or overlapping an input or a concurrent call's buffer)."
+);
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("LayerNormError", py.get_type::<LayerNormError>())?;
@@ -57,6 +64,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("AxisError", py.get_type::<AxisError>())?;
     m.add("SizeOverflowError", py.get_type::<SizeOverflowError>())?;
     m.add("DTypeError", py.get_type::<DTypeError>())?;
+    m.add("OutputError", py.get_type::<OutputError>())?;
     Ok(())
 }
 

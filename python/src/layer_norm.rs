@@ -11,7 +11,7 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3::types::PyAny;
 
-use crate::errors::{to_py, DTypeError, ShapeError};
+use crate::errors::{to_py, DTypeError, LayerNormError, OutputError, ShapeError};
 use crate::pool;
 
 type Arrays<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
@@ -188,7 +188,7 @@ where
             c_contiguous(out, "out")?;
             let mut y = out_typed
                 .try_readwrite()
-                .map_err(|e| ShapeError::new_err(format!("out cannot be written: {e}")))?;
+                .map_err(|e| OutputError::new_err(format!("out cannot be written: {e}")))?;
             let ys = y
                 .as_slice_mut()
                 .map_err(|_| ShapeError::new_err("out must be C-contiguous"))?;
@@ -433,6 +433,9 @@ where
     T::Compute: numpy::Element,
 {
     let py = x.py();
+    if rms && bias.is_some() {
+        return Err(LayerNormError::new_err("RMSNorm has no bias (shift β)"));
+    }
     let shape = x.shape().to_vec();
     let rows_cols = RowsCols::with_normalized_shape(&shape, normalized_shape).map_err(to_py)?;
     if residual.shape() != shape.as_slice() {

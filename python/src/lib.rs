@@ -12,7 +12,9 @@ mod pool;
 
 use pyo3::prelude::*;
 
-#[pymodule(gil_used = false)]
+// The GIL is kept (the default): the pool's fork safety relies on a fork never finding its
+// lock taken, which the GIL guarantees.
+#[pymodule]
 fn _layernorm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(layer_norm::layer_norm_forward, m)?)?;

@@ -137,10 +137,12 @@ def test_out_is_filled_and_returned(rng):
         layernorm.layer_norm(x, 9, out=np.empty((9, 5), dtype=np.float32))
     with pytest.raises(layernorm.ShapeError):
         layernorm.layer_norm(x, 9, out=np.empty((9, 5), dtype=np.float32).T)
-    with pytest.raises(layernorm.ShapeError):
+    with pytest.raises(layernorm.OutputError):
         ro = np.empty_like(x)
         ro.setflags(write=False)
         layernorm.layer_norm(x, 9, out=ro)
+    with pytest.raises(layernorm.OutputError):
+        layernorm.layer_norm(x, 9, out=x)  # out may not alias the input
 
 
 @pytest.mark.parametrize(
@@ -160,7 +162,10 @@ def test_out_is_filled_and_returned(rng):
         (lambda: layernorm.layer_norm(np.ones((2, 3)), 3, eps=0.0), layernorm.EpsilonError),
         (lambda: layernorm.layer_norm(np.ones((2, 3)), 3, eps=float("nan")), layernorm.EpsilonError),
         (lambda: layernorm.layer_norm(np.ones((2, 3)), 3, eps=-1.0), layernorm.EpsilonError),
-        (lambda: layernorm.layer_norm(np.ones((0, 3)), 3), layernorm.EmptyError),
+        (lambda: layernorm.layer_norm(np.ones((2, 3)), 3.7), TypeError),
+        (lambda: layernorm.layer_norm(np.ones((2, 3)), [3.7]), TypeError),
+        (lambda: layernorm.layer_norm(np.ones((2, 3)), -3), layernorm.ShapeError),
+        (lambda: layernorm.layer_norm(np.ones((2, 3)), 2**70), layernorm.ShapeError),
         (lambda: layernorm.layer_norm(np.ones((2, 0)), 0), layernorm.EmptyError),
         (lambda: layernorm.layer_norm(np.ones((2, 3)), ()), layernorm.EmptyError),
         (lambda: layernorm.layer_norm(np.ones(()), 1), layernorm.ShapeError),
@@ -245,3 +250,29 @@ def test_keras_like_layer_axes():
         layernorm.LayerNormalization(axis=5)(x)
     with pytest.raises(RuntimeError):
         layernorm.LayerNormalization().backward(x)
+
+
+def test_empty_batches_and_big_endian_like_torch():
+    # A batch of zero rows gives empty outputs (as torch does); zero-size normalized dims stay
+    # an error.
+    x = np.zeros((0, 4), dtype=np.float32)
+    y, mean, rstd = layernorm.layer_norm(x, 4, return_stats=True)
+    assert y.shape == (0, 4) and mean.shape == (0, 1) and rstd.dtype == np.float32
+    dx, dw, db = layernorm.layer_norm_backward(x, x, mean, rstd, 4, np.ones(4, np.float32), np.zeros(4, np.float32))
+    assert dx.shape == (0, 4) and (dw == 0).all() and (db == 0).all()
+    assert layernorm.rms_norm(np.zeros((2, 0, 3)), 3).shape == (2, 0, 3)
+    with pytest.raises(layernorm.EmptyError):
+        layernorm.layer_norm(np.zeros((2, 0)), 0)
+    # Big-endian input is read as what it is.
+    xb = np.arange(12, dtype=">f4").reshape(3, 4)
+    np.testing.assert_array_equal(layernorm.layer_norm(xb, 4), layernorm.layer_norm(xb.astype("<f4"), 4))
+
+
+def test_keras_layer_is_not_fooled_by_in_place_changes(rng):
+    layer = layernorm.LayerNormalization()
+    x = rng.normal(size=(3, 8))
+    layer(x)
+    expected = layer.backward(np.ones_like(x))
+    layer(x)
+    x += 5.0 * rng.normal(size=x.shape)  # changed after the forward
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), expected)

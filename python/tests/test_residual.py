@@ -45,3 +45,10 @@ def test_add_rms_norm_and_errors(rng):
         layernorm.add_layer_norm(x, r.astype(np.float32), 8)
     with pytest.raises(layernorm.ShapeError):
         layernorm.layer_norm_backward(dy, s, np.zeros(4), rstd, 8, grad_sum=ds[:2])
+
+
+def test_rms_fused_rejects_a_bias():
+    from layernorm import _layernorm
+    x = np.ones((2, 4))
+    with pytest.raises(layernorm.LayerNormError):
+        _layernorm.add_norm_forward(x, x, [4], None, np.ones(4), 1e-5, True)

@@ -48,8 +48,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        bail!("--threads must be at least 1");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 0 || threads > 64 * cores {
+        bail!(
+            "--threads must be between 1 and {} (64 per core)",
+            64 * cores
+        );
     }
     let isa = match args.isa.as_deref() {
         None => layernorm::cpu_info().selected,
@@ -179,6 +183,17 @@ fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Resu
         .filter(|n| n.checked_mul(8).is_some())
         .context("shape too large")?;
     let size = std::mem::size_of::<T>() as f64;
+    // x, dy, y, dx and the copy buffers: about 8 arrays of the shape.
+    let needed = 8.0 * n as f64 * size;
+    if let Some(total) = total_memory_bytes() {
+        if needed > 0.8 * total {
+            bail!(
+                "--shape {rows}x{cols} needs about {:.1} GiB, more than this machine has ({:.1} GiB)",
+                needed / (1u64 << 30) as f64,
+                total / (1u64 << 30) as f64
+            );
+        }
+    }
     let par = Parallelism::Rayon;
     let eps = 1e-5;
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -269,4 +284,12 @@ fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Resu
     );
     record("backward", "alloc", bwd_bytes, t);
     Ok(out)
+}
+
+/// Physical memory, from /proc/meminfo (Linux); None elsewhere.
+fn total_memory_bytes() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
 }

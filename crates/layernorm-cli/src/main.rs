@@ -197,7 +197,11 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, whatever the underlying messages hold.
-            let message = format!("{err:#}").replace('\n', " ");
+            let mut message = format!("{err:#}").replace('\n', " ");
+            // A malformed header can be echoed whole by the parser: keep the line readable.
+            if message.chars().count() > 400 {
+                message = message.chars().take(400).collect::<String>() + " …";
+            }
             eprintln!("layernorm: error: {message}");
             ExitCode::from(2)
         }

@@ -52,6 +52,7 @@ pub fn run(args: &NormalizeArgs) -> Result<()> {
     if args.kind == NormKind::Rms && args.bias.is_some() {
         bail!("--bias: RMSNorm has no shift β (only --weight)");
     }
+    check_destinations(args)?;
     let input = npy::read(&args.input)?;
     let shape = input.shape().to_vec();
     let rows_cols = RowsCols::split_at_axis(&shape, args.axis)?;
@@ -89,6 +90,28 @@ pub fn run(args: &NormalizeArgs) -> Result<()> {
     }
     for file in staged {
         file.commit()?;
+    }
+    Ok(())
+}
+
+/// Every output must go to its own path, and none may be an existing folder: otherwise one
+/// output could be renamed into place and the next fail, leaving a partial result.
+fn check_destinations(args: &NormalizeArgs) -> Result<()> {
+    let outputs: Vec<&Path> = [
+        Some(args.output.as_path()),
+        args.stats.as_deref(),
+        args.sum_output.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (i, path) in outputs.iter().enumerate() {
+        if path.is_dir() {
+            bail!("{} is a folder: outputs are files", path.display());
+        }
+        if outputs[..i].contains(path) {
+            bail!("{} is given for two outputs", path.display());
+        }
     }
     Ok(())
 }

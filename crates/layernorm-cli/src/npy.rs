@@ -53,6 +53,24 @@ pub fn read(path: &Path) -> Result<Tensor> {
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<usize>, _>>()
         .with_context(|| format!("{}: shape too large", path.display()))?;
+    // numpy allows at most 64 dims; npyz multiplies dims with wrap-around, so the element
+    // count is checked here before anything relies on it.
+    if shape.len() > 64 {
+        bail!(
+            "{}: {} dimensions (numpy allows at most 64)",
+            path.display(),
+            shape.len()
+        );
+    }
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .with_context(|| {
+            format!(
+                "{}: the element count of shape {shape:?} overflows",
+                path.display()
+            )
+        })?;
     let order = npy.order();
     let float_size = match npy.dtype() {
         DType::Plain(ts) if ts.type_char() == TypeChar::Float => ts.size_field(),
@@ -63,9 +81,20 @@ pub fn read(path: &Path) -> Result<Tensor> {
         ),
     };
     let truncated = || format!("{}: data is truncated or unreadable", path.display());
+    let check_count = |len: usize| {
+        if len == count {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "{}: holds {len} values for shape {shape:?}",
+                path.display()
+            ))
+        }
+    };
     let tensor = match float_size {
         4 => {
             let data = npy.into_vec::<f32>().with_context(truncated)?;
+            check_count(data.len())?;
             Tensor::F32 {
                 data: to_c_order(data, &shape, order),
                 shape,
@@ -73,6 +102,7 @@ pub fn read(path: &Path) -> Result<Tensor> {
         }
         8 => {
             let data = npy.into_vec::<f64>().with_context(truncated)?;
+            check_count(data.len())?;
             Tensor::F64 {
                 data: to_c_order(data, &shape, order),
                 shape,

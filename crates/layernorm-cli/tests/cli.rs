@@ -605,3 +605,68 @@ fn rms_kind_and_fused_residual() {
         "invalid value",
     );
 }
+
+/// An .npy file with a hand-written header and `data_bytes` zero bytes of data.
+fn raw_npy(path: &Path, header: &str, data_bytes: usize) {
+    let mut header = header.to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, data_bytes));
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn crafted_shapes_and_clashing_outputs_fail_cleanly() {
+    let dir = Dir::new();
+    // 2^63 + 1 rows of 2: the element count wraps to 2 in a naive product.
+    let wrap = "{'descr': '<f4', 'fortran_order': True, 'shape': (9223372036854775809, 2), }";
+    raw_npy(&dir.path("wrap.npy"), wrap, 8);
+    let wrap3 = "{'descr': '<f4', 'fortran_order': False, 'shape': (9223372036854775809, 2, 1), }";
+    raw_npy(&dir.path("wrap3.npy"), wrap3, 8);
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("wrap.npy"), "-o", &p("y.npy")],
+        "overflows",
+    );
+    assert_clean_failure(
+        &dir,
+        &["explain", "--input", &p("wrap3.npy"), "--out", &p("figs")],
+        "overflows",
+    );
+
+    let x = ramp(6, 1.0);
+    write_npy(&dir.path("x.npy"), &[2, 3], &x, npyz::Order::C);
+    fs::create_dir(dir.path("folder")).unwrap();
+    assert_clean_failure(
+        &dir,
+        &[
+            "normalize",
+            &p("x.npy"),
+            "-o",
+            &p("y.npy"),
+            "--stats",
+            &p("folder"),
+        ],
+        "is a folder",
+    );
+    assert_clean_failure(
+        &dir,
+        &[
+            "normalize",
+            &p("x.npy"),
+            "-o",
+            &p("y.npy"),
+            "--stats",
+            &p("y.npy"),
+        ],
+        "two outputs",
+    );
+    assert_clean_failure(&dir, &["bench", "--threads", "100000000"], "--threads");
+    assert_clean_failure(&dir, &["bench", "--shape", "1000000000x1000000000"], "");
+}

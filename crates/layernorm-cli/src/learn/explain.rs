@@ -58,7 +58,7 @@ impl Batch {
     pub fn from_file(path: &Path) -> Result<Self> {
         let tensor = npy::read(path)?;
         let shape: [usize; 3] = match tensor.shape() {
-            &[b, s, e] if b * s * e > 0 => [b, s, e],
+            &[b, s, e] if b > 0 && s > 0 && e > 0 => [b, s, e],
             other => bail!(
                 "{}: expected a (batch, seq, emb) tensor, got shape {other:?}",
                 path.display()
