@@ -352,11 +352,8 @@ where
                 dy: dys,
                 dsum: Some(dsum),
             };
-            let stats = layernorm::Stats {
-                mean: mean.to_vec(),
-                rstd: rstds.to_vec(),
-            };
-            layer_norm::backward_residual(up, xs, cols, &stats, ws, mask, par)
+            let stats = StatsRef { mean, rstd: rstds };
+            layer_norm::backward_residual(up, xs, cols, stats, ws, mask, par)
         }
         (None, Some(dsum)) => {
             let up = Upstream {

@@ -40,7 +40,7 @@ use crate::dtype::Element;
 use crate::error::Result;
 use crate::kernels::Norm;
 use crate::norm::residual::{self, ResidualOut, ResidualOutput, Upstream};
-use crate::norm::{Affine, GradMask, Gradients, Stats};
+use crate::norm::{Affine, GradMask, Gradients, StatsRef};
 use crate::par::Parallelism;
 
 pub use backward::{backward, backward_into};
@@ -114,12 +114,12 @@ pub fn backward_residual<T: Element>(
     upstream: Upstream<'_, T>,
     sum: &[T],
     normalized_len: usize,
-    stats: &Stats<T::Compute>,
+    stats: StatsRef<'_, T::Compute>,
     weight: Option<&[T]>,
     mask: GradMask,
     par: Parallelism,
 ) -> Result<Gradients<T>> {
-    let (mean, rstd) = (Some(&stats.mean[..]), &stats.rstd[..]);
+    let (mean, rstd) = (Some(stats.mean), stats.rstd);
     residual::backward(
         Norm::Layer,
         upstream,
