@@ -38,6 +38,10 @@ pub enum Operand {
     Sum,
     /// The upstream gradient of the sum (fused residual add).
     GradSum,
+    /// BatchNorm's running mean.
+    RunningMean,
+    /// BatchNorm's running variance.
+    RunningVar,
 }
 
 impl fmt::Display for Operand {
@@ -57,6 +61,8 @@ impl fmt::Display for Operand {
             Operand::Residual => "residual",
             Operand::Sum => "sum output",
             Operand::GradSum => "sum gradient",
+            Operand::RunningMean => "running mean",
+            Operand::RunningVar => "running variance",
         })
     }
 }
@@ -129,6 +135,50 @@ pub enum Error {
         axis: isize,
         /// The rank of the tensor.
         rank: usize,
+    },
+    /// An axis is listed twice in a set of normalized axes.
+    #[error("axis {axis} is listed twice")]
+    DuplicateAxis {
+        /// The repeated axis, resolved to `0..rank`.
+        axis: usize,
+    },
+    /// The channel axis leaves no batch axis in front of it (GroupNorm, InstanceNorm: the
+    /// input is `(N, …, C, …)` with the batch first).
+    #[error("channel axis {axis} of a rank-{rank} input leaves no batch axis before it")]
+    NoBatchAxis {
+        /// The channel axis as given.
+        axis: isize,
+        /// The rank of the input.
+        rank: usize,
+    },
+    /// The number of groups does not divide the channels (or is zero).
+    #[error("{groups} groups do not divide {channels} channels")]
+    InvalidGroups {
+        /// The requested number of groups.
+        groups: usize,
+        /// The number of channels.
+        channels: usize,
+    },
+    /// BatchNorm's momentum must lie in `[0, 1]`.
+    #[error("momentum must lie in [0, 1], got {momentum}")]
+    InvalidMomentum {
+        /// The rejected value.
+        momentum: f64,
+    },
+    /// A running variance is negative or NaN.
+    #[error("running variance of channel {channel} is {value}: it must be a number >= 0")]
+    InvalidRunningVar {
+        /// The channel at fault.
+        channel: usize,
+        /// Its value.
+        value: f64,
+    },
+    /// Training-mode BatchNorm needs more than one value per channel (the unbiased running
+    /// variance divides by `count − 1`).
+    #[error("batch statistics need more than one value per channel, got {count}")]
+    TooFewValues {
+        /// Values per channel in the batch.
+        count: usize,
     },
     /// The number of elements of a shape does not fit in `usize`.
     #[error("the element count of shape {shape:?} overflows")]

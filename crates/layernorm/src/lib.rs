@@ -49,9 +49,11 @@ pub use dtype::{Element, Float};
 pub use error::{Error, Operand, Result};
 pub use half::{bf16, f16};
 pub use kernels::ParamOf;
+pub use norm::batch_norm::BatchNorm;
+pub use norm::group_norm::{GroupNorm, InstanceNorm};
 pub use norm::layer_norm::{LayerNorm, LayerNormConfig};
 pub use norm::residual::{ResidualOut, ResidualOutput, Upstream};
-pub use norm::{batch_norm, layer_norm, rms_norm};
+pub use norm::{batch_norm, group_norm, layer_norm, rms_norm};
 pub use norm::{Affine, GradMask, Gradients, GradsMut, Stats, StatsMut, StatsRef};
 pub use par::Parallelism;
 

@@ -1,6 +1,8 @@
 //! The public API: one module per normalization, plus the argument types they share.
 
 pub mod batch_norm;
+pub(crate) mod channels;
+pub mod group_norm;
 pub mod layer_norm;
 mod params;
 pub(crate) mod residual;

@@ -77,6 +77,36 @@ impl Blocks {
     }
 }
 
+impl Blocks {
+    /// Blocks for a reduction over `rows` slabs of `slab` elements each, whose partials are
+    /// small (a few values per channel, not per element): leaves of about [`LEAF_ELEMS`], at
+    /// most [`MAX_BLOCKS`].
+    pub fn for_slabs(rows: usize, slab: usize) -> Self {
+        let block_rows = rows
+            .div_ceil(MAX_BLOCKS)
+            .max(LEAF_ELEMS / slab.max(1))
+            .clamp(1, rows.max(1));
+        Blocks { rows, block_rows }
+    }
+}
+
+/// `f` applied to every item, results in item order, on the rayon pool when `par` splits a
+/// problem of `elems` elements. The order of the results (and so any reduction over them in
+/// order) does not depend on the number of threads.
+pub(crate) fn map_in_order<U, R, F>(par: Parallelism, elems: usize, items: Vec<U>, f: F) -> Vec<R>
+where
+    U: Send,
+    R: Send,
+    F: Fn(U) -> R + Sync + Send,
+{
+    use rayon::prelude::*;
+    if par.would_split(elems) && items.len() > 1 {
+        items.into_par_iter().with_max_len(1).map(f).collect()
+    } else {
+        items.into_iter().map(f).collect()
+    }
+}
+
 /// A piece of work over a contiguous range of rows that can be cut in two at a row.
 pub(crate) trait RowSplit: Send + Sized {
     /// Splits into rows `[0, at)` and `[at, ..)`, relative to this piece.

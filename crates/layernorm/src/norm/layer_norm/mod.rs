@@ -31,6 +31,7 @@
 //!
 //! [`LayerNorm`]: crate::LayerNorm
 
+mod axes;
 mod backward;
 mod forward;
 mod layer;
@@ -43,6 +44,7 @@ use crate::norm::residual::{self, ResidualOut, ResidualOutput, Upstream};
 use crate::norm::{Affine, GradMask, Gradients, StatsRef};
 use crate::par::Parallelism;
 
+pub use axes::{backward_axes, forward_axes};
 pub use backward::{backward, backward_into};
 pub use forward::{forward, forward_into};
 pub use layer::{LayerNorm, LayerNormConfig};

@@ -1,0 +1,543 @@
+//! The engine behind the channel normalizations — BatchNorm, GroupNorm and InstanceNorm —
+//! which differ only in which elements share statistics.
+//!
+//! A contiguous tensor with a channel axis is seen, without copying, as
+//!
+//! ```text
+//! (outer, batch, channels, run)      statistics per (outer, group),  γ/β per channel
+//! ```
+//!
+//! where a group is `per_group` consecutive channels and `run` is the contiguous extent after
+//! the channel axis (the spatial dims of `(N, C, H, W)`, or 1 for channels-last data):
+//!
+//! | op | outer | batch | channels-first `(N, C, S)` | channels-last `(N, S, C)` |
+//! |---|---|---|---|---|
+//! | BatchNorm | 1 | everything before C | `batch = N, run = S` | `batch = N·S, run = 1` |
+//! | GroupNorm | N | dims between N and C | `batch = 1, run = S` | `batch = S, run = 1` |
+//! | InstanceNorm | N | as GroupNorm | GroupNorm with one channel per group | |
+//!
+//! The arithmetic is LayerNorm's, in f64, for every element type:
+//! - statistics by the corrected two-pass algorithm (as `kernels::portable`): `m0 = Σx/n`,
+//!   then `Σd`, `Σd²` with `d = x − m0`, `μ = m0 + Σd/n`, `σ² = (Σd² − (Σd)²/n)/n`; f64 data
+//!   whose sums overflow is scaled by an exact power of two;
+//! - `y = (x − μ)·(rstd·γ_c) + β_c`, rounded once to the element type;
+//! - backward from saved (mean, rstd): `δ = Σ(x − mean)/n` recovers the exact mean from a saved
+//!   mean rounded to f32, then `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` with `g = dy·γ_c`, or
+//!   `dx = rstd·g` when the statistics are frozen (BatchNorm in eval mode).
+//!
+//! Reductions run per unit — one `outer` index and a block of `batch` indices whose size
+//! depends only on the shape — into per-channel f64 partials that are combined in unit order,
+//! then over the channels of a group in channel order. So results are bitwise the same for
+//! any thread count, and a GroupNorm/InstanceNorm sample does not depend on the others.
+
+use std::ops::Range;
+
+use crate::dtype::{to_f64, Element, Float};
+use crate::error::{Error, Operand, Result};
+use crate::kernels::reduce::lane_sums;
+use crate::layout::{checked_product, resolve_axis};
+use crate::norm::{check_eps, check_len, Affine, GradMask, Gradients, StatsRef};
+use crate::par::{map_in_order, Blocks, Parallelism};
+
+/// 2^-600, exact: scales f64 data whose sums or squares would overflow back into range.
+const DOWNSCALE: f64 = f64::from_bits((1023 - 600) << 52);
+
+/// The `(outer, batch, channels, run)` view of a tensor; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChannelView {
+    pub outer: usize,
+    pub batch: usize,
+    pub channels: usize,
+    pub run: usize,
+    pub per_group: usize,
+}
+
+/// Which statistics the channels share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sharing {
+    /// Across the whole batch (BatchNorm): `outer = 1`.
+    Batch,
+    /// Per sample, within `groups` groups of channels (GroupNorm; InstanceNorm when every
+    /// channel is its own group, `groups = None`).
+    Groups(Option<usize>),
+}
+
+impl ChannelView {
+    /// Resolves `shape` with its channel axis; checks sizes and the grouping.
+    pub fn new(shape: &[usize], channel_axis: isize, sharing: Sharing) -> Result<Self> {
+        let rank = shape.len();
+        let axis = resolve_axis(channel_axis, rank)?;
+        if shape.contains(&0) {
+            return Err(Error::ZeroSizeDim {
+                operand: Operand::Input,
+                shape: shape.to_vec(),
+            });
+        }
+        let overflow = || Error::SizeOverflow {
+            shape: shape.to_vec(),
+        };
+        checked_product(shape).ok_or_else(overflow)?;
+        let channels = shape[axis];
+        let run = shape[axis + 1..].iter().product();
+        match sharing {
+            Sharing::Batch => Ok(ChannelView {
+                outer: 1,
+                batch: shape[..axis].iter().product(),
+                channels,
+                run,
+                per_group: 1,
+            }),
+            Sharing::Groups(groups) => {
+                if axis == 0 {
+                    return Err(Error::NoBatchAxis {
+                        axis: channel_axis,
+                        rank,
+                    });
+                }
+                let groups = groups.unwrap_or(channels);
+                if groups == 0 || !channels.is_multiple_of(groups) {
+                    return Err(Error::InvalidGroups { groups, channels });
+                }
+                Ok(ChannelView {
+                    outer: shape[0],
+                    batch: shape[1..axis].iter().product(),
+                    channels,
+                    run,
+                    per_group: channels / groups,
+                })
+            }
+        }
+    }
+
+    pub fn groups(&self) -> usize {
+        self.channels / self.per_group
+    }
+
+    pub fn len(&self) -> usize {
+        self.outer * self.batch * self.channels * self.run
+    }
+
+    /// Statistics computed: one per (outer, group).
+    pub fn stats_len(&self) -> usize {
+        self.outer * self.groups()
+    }
+
+    /// Elements behind each statistic.
+    pub fn count(&self) -> usize {
+        self.batch * self.per_group * self.run
+    }
+
+    fn slab(&self) -> usize {
+        self.channels * self.run
+    }
+
+    /// The units of work: each outer index with consecutive blocks of batch indices.
+    fn units(&self) -> Vec<Unit> {
+        let blocks = Blocks::for_slabs(self.batch, self.slab());
+        (0..self.outer)
+            .flat_map(|a| {
+                (0..blocks.count()).map(move |b| Unit {
+                    a,
+                    b: blocks.range(b),
+                })
+            })
+            .collect()
+    }
+
+    /// The flat range of a unit's elements (consecutive units are adjacent in memory).
+    fn span(&self, u: &Unit) -> Range<usize> {
+        let start = (u.a * self.batch + u.b.start) * self.slab();
+        start..start + u.b.len() * self.slab()
+    }
+
+    fn group_of(&self, channel: usize) -> usize {
+        channel / self.per_group
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Unit {
+    a: usize,
+    b: Range<usize>,
+}
+
+/// Per-channel sums `Σ term(c, i)` over a unit's elements: for each slab, each channel's run.
+#[inline(always)]
+fn channel_sums<const K: usize>(
+    v: &ChannelView,
+    unit_len: usize,
+    term: impl Fn(usize, usize) -> [f64; K],
+) -> Vec<[f64; K]> {
+    let (slab, run) = (v.slab(), v.run);
+    let mut acc = vec![[0.0; K]; v.channels];
+    for base in (0..unit_len).step_by(slab) {
+        if run == 1 {
+            for (c, acc) in acc.iter_mut().enumerate() {
+                for (a, t) in acc.iter_mut().zip(term(c, base + c)) {
+                    *a += t;
+                }
+            }
+        } else {
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let start = base + c * run;
+                let sums = lane_sums(run, |i| term(c, start + i));
+                for (a, t) in acc.iter_mut().zip(sums) {
+                    *a += t;
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Combines per-unit channel partials into per-(outer, channel) totals, in unit order.
+fn combine<const K: usize>(
+    v: &ChannelView,
+    units: &[Unit],
+    parts: Vec<Vec<[f64; K]>>,
+) -> Vec<[f64; K]> {
+    let mut total = vec![[0.0; K]; v.outer * v.channels];
+    for (u, part) in units.iter().zip(parts) {
+        let row = &mut total[u.a * v.channels..][..v.channels];
+        for (t, p) in row.iter_mut().zip(part) {
+            for (t, p) in t.iter_mut().zip(p) {
+                *t += p;
+            }
+        }
+    }
+    total
+}
+
+/// Per-(outer, group) sums of per-(outer, channel) totals, in channel order.
+fn by_group<const K: usize>(v: &ChannelView, totals: &[[f64; K]]) -> Vec<[f64; K]> {
+    totals
+        .chunks(v.per_group)
+        .map(|chunk| {
+            let mut s = [0.0; K];
+            for t in chunk {
+                for (s, t) in s.iter_mut().zip(t) {
+                    *s += t;
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// Exact f64 statistics of every (outer, group).
+#[derive(Clone, Debug)]
+pub(crate) struct GroupStats {
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+}
+
+/// Mean and biased variance of every (outer, group) of `x`.
+pub(crate) fn statistics<T: Element>(v: &ChannelView, x: &[T], par: Parallelism) -> GroupStats {
+    let plain = moments(v, x, 1.0, par);
+    let finite = |s: &GroupStats| s.mean.iter().chain(&s.var).all(|m| m.is_finite());
+    if finite(&plain) {
+        return plain;
+    }
+    // Some sum overflowed (f64 data near 1e300) or the data holds NaN/Inf: redo scaled, and
+    // keep a scaled statistic wherever it is finite where the plain one is not.
+    let scaled = moments(v, x, DOWNSCALE, par);
+    let mut out = plain;
+    for i in 0..out.mean.len() {
+        let ok = out.mean[i].is_finite() && out.var[i].is_finite();
+        if !ok && scaled.mean[i].is_finite() && scaled.var[i].is_finite() {
+            out.mean[i] = scaled.mean[i] / DOWNSCALE;
+            // Stored unscaled would overflow: keep var as +∞ only if it truly is; rstd below
+            // handles it through `rstd_of`.
+            out.var[i] = scaled.var[i] / (DOWNSCALE * DOWNSCALE);
+        }
+    }
+    out
+}
+
+/// `1/√(var + ε)`, finite for a variance that overflowed f64 only through scaling.
+pub(crate) fn rstd_of(var: f64, eps: f64) -> f64 {
+    if var.is_infinite() {
+        // var/DOWNSCALE² overflowed: the variance itself is ~1e300+, rstd underflows toward 0.
+        return 0.0;
+    }
+    1.0 / (var + eps).sqrt()
+}
+
+fn moments<T: Element>(v: &ChannelView, x: &[T], scale: f64, par: Parallelism) -> GroupStats {
+    let units = v.units();
+    let n = v.count() as f64;
+    let load = |i: usize| to_f64(x[i]) * scale;
+    // Pass 1: a first mean.
+    let parts = map_in_order(par, x.len(), units.clone(), |u| {
+        let xs = v.span(&u).start;
+        channel_sums(v, v.span(&u).len(), |_, i| [load(xs + i)])
+    });
+    let m0: Vec<f64> = by_group(v, &combine(v, &units, parts))
+        .iter()
+        .map(|[s]| s / n)
+        .collect();
+    // Pass 2: deviations from it.
+    let parts = map_in_order(par, x.len(), units.clone(), |u| {
+        let xs = v.span(&u).start;
+        let row = u.a * v.groups();
+        channel_sums(v, v.span(&u).len(), |c, i| {
+            let d = load(xs + i) - m0[row + v.group_of(c)];
+            [d, d * d]
+        })
+    });
+    let sums = by_group(v, &combine(v, &units, parts));
+    let mut mean = Vec::with_capacity(sums.len());
+    let mut var = Vec::with_capacity(sums.len());
+    for (m0, [s1, s2]) in m0.iter().zip(sums) {
+        mean.push(m0 + s1 / n);
+        let w = (s2 - s1 * s1 / n) / n;
+        // Rounding can leave a hair below zero; a NaN must stay NaN.
+        var.push(if w < 0.0 { 0.0 } else { w });
+    }
+    GroupStats { mean, var }
+}
+
+/// Splits `out` into the spans of `units` (consecutive, in memory order).
+fn split_spans<'o, T>(v: &ChannelView, units: &[Unit], mut out: &'o mut [T]) -> Vec<&'o mut [T]> {
+    let mut pieces = Vec::with_capacity(units.len());
+    for u in units {
+        let (head, tail) = out.split_at_mut(v.span(u).len());
+        pieces.push(head);
+        out = tail;
+    }
+    pieces
+}
+
+/// `y = (x − mean)·(rstd·γ_c) + β_c` for every element, with f64 per-group statistics.
+pub(crate) fn normalize<T: Element, P: Element>(
+    v: &ChannelView,
+    x: &[T],
+    mean: &[f64],
+    rstd: &[f64],
+    affine: Affine<'_, P>,
+    y: &mut [T],
+    par: Parallelism,
+) {
+    // Per (outer, channel): the shift and the scale.
+    let mut coef = Vec::with_capacity(v.outer * v.channels);
+    for a in 0..v.outer {
+        for c in 0..v.channels {
+            let s = a * v.groups() + v.group_of(c);
+            let gamma = affine.weight.map_or(1.0, |w| to_f64(w[c]));
+            let beta = affine.bias.map_or(0.0, |b| to_f64(b[c]));
+            coef.push((mean[s], rstd[s] * gamma, beta));
+        }
+    }
+    let units = v.units();
+    let work: Vec<(Unit, &mut [T])> = units
+        .iter()
+        .cloned()
+        .zip(split_spans(v, &units, y))
+        .collect();
+    map_in_order(par, x.len(), work, |(u, y)| {
+        let xs = &x[v.span(&u)];
+        let coef = &coef[u.a * v.channels..][..v.channels];
+        for (xs, ys) in xs.chunks_exact(v.slab()).zip(y.chunks_exact_mut(v.slab())) {
+            for ((xr, yr), &(m, k, b)) in xs
+                .chunks_exact(v.run)
+                .zip(ys.chunks_exact_mut(v.run))
+                .zip(coef)
+            {
+                for (xv, yv) in xr.iter().zip(yr) {
+                    *yv = T::round_from_f64((to_f64(*xv) - m) * k + b);
+                }
+            }
+        }
+    });
+}
+
+/// How the backward pass treats the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Statistics {
+    /// Computed from this batch in forward: they depend on x, so dx has the centring terms.
+    Batch,
+    /// Given (BatchNorm's running statistics in eval mode): constants, `dx = rstd·γ·dy`.
+    Frozen,
+}
+
+/// The buffers of a backward call.
+pub(crate) struct BackwardArgs<'a, T: Element, P> {
+    pub dy: &'a [T],
+    pub x: &'a [T],
+    /// Per-(outer, group) mean and rstd, in f64.
+    pub mean: &'a [f64],
+    pub rstd: &'a [f64],
+    pub weight: Option<&'a [P]>,
+    pub statistics: Statistics,
+    pub mask: GradMask,
+}
+
+/// dx, dγ, dβ of a channel normalization.
+pub(crate) fn backward<T: Element, P: Element>(
+    v: &ChannelView,
+    args: BackwardArgs<'_, T, P>,
+    par: Parallelism,
+) -> Gradients<T, P> {
+    let BackwardArgs {
+        dy,
+        x,
+        mean,
+        rstd,
+        weight,
+        statistics,
+        mask,
+    } = args;
+    let units = v.units();
+    let groups = v.groups();
+    let gamma = |c: usize| weight.map_or(1.0, |w| to_f64(w[c]));
+    // One pass: per (outer, channel) Σdy, Σdy·d, Σd with d = x − mean.
+    let parts = map_in_order(par, x.len(), units.clone(), |u| {
+        let span = v.span(&u);
+        let row = u.a * groups;
+        channel_sums(v, span.len(), |c, i| {
+            let d = to_f64(x[span.start + i]) - mean[row + v.group_of(c)];
+            let g = to_f64(dy[span.start + i]);
+            [g, g * d, d]
+        })
+    });
+    let totals = combine(v, &units, parts);
+    let n = v.count() as f64;
+    let frozen = statistics == Statistics::Frozen;
+    // Per (outer, group): δ, mean(g), mean(g·x̂).
+    let mut terms = Vec::with_capacity(v.stats_len());
+    for (s, chunk) in totals.chunks(v.per_group).enumerate() {
+        let c0 = (s % groups) * v.per_group;
+        let (mut sd, mut sg, mut sgd) = (0.0, 0.0, 0.0);
+        for (j, [s0, s1, d]) in chunk.iter().enumerate() {
+            let w = gamma(c0 + j);
+            sd += d;
+            sg += w * s0;
+            sgd += w * s1;
+        }
+        terms.push(if frozen {
+            (0.0, 0.0, 0.0)
+        } else {
+            let delta = sd / n;
+            (delta, sg / n, (sgd - delta * sg) * rstd[s] / n)
+        });
+    }
+    let dx = mask.input.then(|| {
+        let mut dx = vec![T::default(); x.len()];
+        let work: Vec<(Unit, &mut [T])> = units
+            .iter()
+            .cloned()
+            .zip(split_spans(v, &units, &mut dx))
+            .collect();
+        map_in_order(par, x.len(), work, |(u, out)| {
+            let span = v.span(&u);
+            let (xs, gs) = (&x[span.clone()], &dy[span]);
+            let slabs = xs.chunks_exact(v.slab()).zip(gs.chunks_exact(v.slab()));
+            for ((xs, gs), os) in slabs.zip(out.chunks_exact_mut(v.slab())) {
+                for (c, ((xr, gr), or)) in xs
+                    .chunks_exact(v.run)
+                    .zip(gs.chunks_exact(v.run))
+                    .zip(os.chunks_exact_mut(v.run))
+                    .enumerate()
+                {
+                    let s = u.a * groups + v.group_of(c);
+                    let (m, r, w) = (mean[s], rstd[s], gamma(c));
+                    let (delta, mean_g, mean_gx) = terms[s];
+                    for ((xv, gv), ov) in xr.iter().zip(gr).zip(or) {
+                        let xhat = (to_f64(*xv) - m - delta) * r;
+                        let g = to_f64(*gv) * w;
+                        *ov = T::round_from_f64(r * (g - mean_g - xhat * mean_gx));
+                    }
+                }
+            }
+        });
+        dx
+    });
+    // dγ_c = Σ_outer rstd·(Σdy·d − δ·Σdy),  dβ_c = Σ_outer Σdy, in outer order.
+    let mut dw = vec![0.0; v.channels];
+    let mut db = vec![0.0; v.channels];
+    for a in 0..v.outer {
+        for c in 0..v.channels {
+            let s = a * groups + v.group_of(c);
+            let [s0, s1, _] = totals[a * v.channels + c];
+            dw[c] += rstd[s] * (s1 - terms[s].0 * s0);
+            db[c] += s0;
+        }
+    }
+    let round = |v: Vec<f64>| v.into_iter().map(P::round_from_f64).collect();
+    Gradients {
+        dx,
+        dweight: (mask.weight && weight.is_some()).then(|| round(dw)),
+        dbias: mask.bias.then(|| round(db)),
+    }
+}
+
+/// Checks the common arguments of a channel normalization's forward.
+pub(crate) fn check_forward<T: Element, P>(
+    v: &ChannelView,
+    x: &[T],
+    affine: &Affine<'_, P>,
+    eps: f64,
+) -> Result<()> {
+    check_len(Operand::Input, v.len(), x.len())?;
+    check_eps::<T::Compute>(eps)?;
+    affine.check(v.channels)
+}
+
+/// Checks the buffers of a backward call and widens the saved statistics to f64.
+pub(crate) fn check_backward<T: Element, P>(
+    v: &ChannelView,
+    dy: &[T],
+    x: &[T],
+    stats: StatsRef<'_, T::Compute>,
+    weight: Option<&[P]>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    check_len(Operand::Input, v.len(), x.len())?;
+    check_len(Operand::GradOutput, v.len(), dy.len())?;
+    check_len(Operand::Mean, v.stats_len(), stats.mean.len())?;
+    check_len(Operand::Rstd, v.stats_len(), stats.rstd.len())?;
+    if let Some(w) = weight {
+        check_len(Operand::Weight, v.channels, w.len())?;
+    }
+    let wide = |s: &[T::Compute]| s.iter().map(|m| m.to_f64()).collect();
+    Ok((wide(stats.mean), wide(stats.rstd)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_of_the_usual_layouts() {
+        let nchw = [2, 6, 3, 5];
+        let bn = ChannelView::new(&nchw, 1, Sharing::Batch).unwrap();
+        assert_eq!((bn.outer, bn.batch, bn.channels, bn.run), (1, 2, 6, 15));
+        let gn = ChannelView::new(&nchw, 1, Sharing::Groups(Some(3))).unwrap();
+        assert_eq!((gn.outer, gn.batch, gn.per_group, gn.run), (2, 1, 2, 15));
+        let nhwc = [2, 3, 5, 6];
+        let gn = ChannelView::new(&nhwc, -1, Sharing::Groups(None)).unwrap();
+        assert_eq!((gn.outer, gn.batch, gn.per_group, gn.run), (2, 15, 1, 1));
+        assert_eq!(gn.count(), 15);
+        assert!(matches!(
+            ChannelView::new(&nchw, 1, Sharing::Groups(Some(4))),
+            Err(Error::InvalidGroups { .. })
+        ));
+        assert!(matches!(
+            ChannelView::new(&nchw, 0, Sharing::Groups(None)),
+            Err(Error::NoBatchAxis { .. })
+        ));
+    }
+
+    #[test]
+    fn units_tile_the_tensor_in_memory_order() {
+        for shape in [[3usize, 7, 5, 1], [1, 1, 1, 1], [2, 300, 40, 9]] {
+            let v = ChannelView::new(&shape, 2, Sharing::Groups(None)).unwrap();
+            let mut next = 0;
+            for u in v.units() {
+                let span = v.span(&u);
+                assert_eq!(span.start, next);
+                next = span.end;
+            }
+            assert_eq!(next, v.len());
+        }
+    }
+}
