@@ -128,14 +128,10 @@ impl BatchNorm {
         if count < 2 {
             return Err(Error::TooFewValues { count });
         }
-        let stats = channels::statistics(&v, x, par);
-        let rstd: Vec<f64> = stats
-            .var
-            .iter()
-            .map(|&var| channels::rstd_of(var, self.eps))
-            .collect();
+        let stats = channels::statistics(&v, x, self.eps, par);
+        let rstd = &stats.rstd;
         let mut y = vec![T::default(); x.len()];
-        channels::normalize(&v, x, &stats.mean, &rstd, affine, &mut y, par);
+        channels::normalize(&v, x, &stats.mean, rstd, affine, &mut y, par);
         if let Some(r) = running {
             let m = self.momentum;
             let unbias = count as f64 / (count - 1) as f64;
@@ -150,7 +146,7 @@ impl BatchNorm {
             y,
             Stats {
                 mean: narrow(&stats.mean),
-                rstd: narrow(&rstd),
+                rstd: narrow(rstd),
             },
         ))
     }

@@ -228,42 +228,53 @@ fn by_group<const K: usize>(v: &ChannelView, totals: &[[f64; K]]) -> Vec<[f64; K
 #[derive(Clone, Debug)]
 pub(crate) struct GroupStats {
     pub mean: Vec<f64>,
+    /// Biased variance (+∞ where it exceeds f64, which rstd still represents).
     pub var: Vec<f64>,
+    pub rstd: Vec<f64>,
 }
 
-/// Mean and biased variance of every (outer, group) of `x`.
-pub(crate) fn statistics<T: Element>(v: &ChannelView, x: &[T], par: Parallelism) -> GroupStats {
-    let plain = moments(v, x, 1.0, par);
-    let finite = |s: &GroupStats| s.mean.iter().chain(&s.var).all(|m| m.is_finite());
-    if finite(&plain) {
-        return plain;
+/// Mean, biased variance and rstd of every (outer, group) of `x`.
+pub(crate) fn statistics<T: Element>(
+    v: &ChannelView,
+    x: &[T],
+    eps: f64,
+    par: Parallelism,
+) -> GroupStats {
+    let (mean, var) = moments(v, x, 1.0, par);
+    let mut out = GroupStats {
+        rstd: var.iter().map(|&w| 1.0 / (w + eps).sqrt()).collect(),
+        mean,
+        var,
+    };
+    let finite = |m: &f64, w: &f64| m.is_finite() && w.is_finite();
+    if out.mean.iter().zip(&out.var).all(|(m, w)| finite(m, w)) {
+        return out;
     }
-    // Some sum overflowed (f64 data near 1e300) or the data holds NaN/Inf: redo scaled, and
-    // keep a scaled statistic wherever it is finite where the plain one is not.
-    let scaled = moments(v, x, DOWNSCALE, par);
-    let mut out = plain;
+    // Some sum overflowed (f64 data near 1e300) or the data holds NaN/Inf: redo scaled by an
+    // exact power of two, and keep the scaled statistics wherever they are finite and the
+    // plain ones are not (ε·DOWNSCALE² underflows beside a variance this large, as it should).
+    let (mean_s, var_s) = moments(v, x, DOWNSCALE, par);
     for i in 0..out.mean.len() {
-        let ok = out.mean[i].is_finite() && out.var[i].is_finite();
-        if !ok && scaled.mean[i].is_finite() && scaled.var[i].is_finite() {
-            out.mean[i] = scaled.mean[i] / DOWNSCALE;
-            // Stored unscaled would overflow: keep var as +∞ only if it truly is; rstd below
-            // handles it through `rstd_of`.
-            out.var[i] = scaled.var[i] / (DOWNSCALE * DOWNSCALE);
+        if !finite(&out.mean[i], &out.var[i]) && finite(&mean_s[i], &var_s[i]) {
+            out.mean[i] = mean_s[i] / DOWNSCALE;
+            out.var[i] = var_s[i] / (DOWNSCALE * DOWNSCALE);
+            out.rstd[i] = DOWNSCALE / (var_s[i] + eps * DOWNSCALE * DOWNSCALE).sqrt();
         }
     }
     out
 }
 
-/// `1/√(var + ε)`, finite for a variance that overflowed f64 only through scaling.
+/// `1/√(var + ε)` of a given (running) variance.
 pub(crate) fn rstd_of(var: f64, eps: f64) -> f64 {
-    if var.is_infinite() {
-        // var/DOWNSCALE² overflowed: the variance itself is ~1e300+, rstd underflows toward 0.
-        return 0.0;
-    }
     1.0 / (var + eps).sqrt()
 }
 
-fn moments<T: Element>(v: &ChannelView, x: &[T], scale: f64, par: Parallelism) -> GroupStats {
+fn moments<T: Element>(
+    v: &ChannelView,
+    x: &[T],
+    scale: f64,
+    par: Parallelism,
+) -> (Vec<f64>, Vec<f64>) {
     let units = v.units();
     let n = v.count() as f64;
     let load = |i: usize| to_f64(x[i]) * scale;
@@ -294,7 +305,7 @@ fn moments<T: Element>(v: &ChannelView, x: &[T], scale: f64, par: Parallelism) -
         // Rounding can leave a hair below zero; a NaN must stay NaN.
         var.push(if w < 0.0 { 0.0 } else { w });
     }
-    GroupStats { mean, var }
+    (mean, var)
 }
 
 /// Splits `out` into the spans of `units` (consecutive, in memory order).

@@ -181,20 +181,16 @@ fn grouped_forward<T: Element, P: ParamOf<T>>(
     par: Parallelism,
 ) -> Result<(Vec<T>, Stats<T::Compute>)> {
     channels::check_forward(v, x, &affine, eps)?;
-    let stats = channels::statistics(v, x, par);
-    let rstd: Vec<f64> = stats
-        .var
-        .iter()
-        .map(|&var| channels::rstd_of(var, eps))
-        .collect();
+    let stats = channels::statistics(v, x, eps, par);
+    let rstd = &stats.rstd;
     let mut y = vec![T::default(); x.len()];
-    channels::normalize(v, x, &stats.mean, &rstd, affine, &mut y, par);
+    channels::normalize(v, x, &stats.mean, rstd, affine, &mut y, par);
     let narrow = |s: &[f64]| s.iter().map(|&v| T::Compute::from_f64(v)).collect();
     Ok((
         y,
         Stats {
             mean: narrow(&stats.mean),
-            rstd: narrow(&rstd),
+            rstd: narrow(rstd),
         },
     ))
 }
