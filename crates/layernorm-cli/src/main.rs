@@ -39,7 +39,9 @@ struct Cli {
 enum Command {
     /// Run the demo on embedded example data (the default with no arguments).
     Demo,
-    /// Normalize an .npy tensor over its trailing dims (ONNX LayerNormalization semantics).
+    /// Normalize an .npy tensor: LayerNorm (ONNX or Keras axes), RMSNorm, BatchNorm,
+    /// GroupNorm or InstanceNorm.
+    #[command(long_about = NORMALIZE_ABOUT)]
     Normalize(NormalizeArgs),
     /// Measure forward and backward throughput against a memory copy of the same bytes.
     Bench(BenchArgs),
@@ -66,6 +68,27 @@ enum Command {
         out: Option<PathBuf>,
     },
 }
+
+/// `layernorm normalize --help`: the kinds and which flags each takes.
+const NORMALIZE_ABOUT: &str = "\
+Normalize an .npy tensor (float32 or float64); the output has the input's dtype and shape.
+
+Kinds (--kind, default layer) and the flags each takes (besides --eps, --weight, --stats):
+  layer     LayerNorm. --axis A: dims A..rank-1 (ONNX LayerNormalization, default -1), or
+            --axes A,B,...: any axes (Keras). --bias; --residual R.npy --sum-output S.npy.
+  rms       RMSNorm over dims A..rank-1 (--axis). No centring, no --bias; --residual.
+  batch     BatchNorm per channel (--channel-axis, default 1). Eval mode (default) normalizes
+            with --running-mean M.npy --running-var V.npy; --training uses the batch
+            statistics and, with --running-output STATS.npz (which needs the running inputs),
+            writes the updated running statistics (--momentum, default 0.1). --bias.
+  group     GroupNorm: --groups G (required) groups of channels per sample
+            (--channel-axis, default 1). --bias.
+  instance  InstanceNorm: each channel of each sample (--channel-axis, default 1). --bias.
+
+γ/β of batch, group and instance have shape (C,). ε defaults to 1e-5 for every kind (as
+PyTorch's and ONNX's defaults). A flag that the chosen kind does not use is an error. Outputs
+are written atomically; any error prints one line on stderr, exits with status 2 and leaves
+no output file.";
 
 /// Arguments of `layernorm bench`.
 #[derive(Debug, clap::Args)]
@@ -117,6 +140,9 @@ impl BenchDtype {
 }
 
 /// Arguments of `layernorm normalize`.
+///
+/// Every flag is checked against `--kind`: one that the chosen normalization does not use is
+/// an error, never silently ignored.
 #[derive(Debug, clap::Args)]
 pub struct NormalizeArgs {
     /// Input tensor (.npy, float32 or float64, C or Fortran order).
@@ -124,41 +150,104 @@ pub struct NormalizeArgs {
     /// Output tensor (.npy): same dtype and shape as the input.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// First normalized axis: dims AXIS..rank−1 are normalized; negative counts from the end.
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    pub axis: isize,
-    /// ε, added to the variance under the square root.
-    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
-    pub eps: f64,
-    /// Scale γ (.npy) of shape `input.shape[AXIS:]`.
-    #[arg(long)]
-    pub weight: Option<PathBuf>,
-    /// Shift β (.npy) of shape `input.shape[AXIS:]`.
-    #[arg(long)]
-    pub bias: Option<PathBuf>,
-    /// Also write the saved statistics: an .npz with float32 arrays `mean` (LayerNorm only)
-    /// and `rstd` of shape `input.shape[:AXIS] + [1]·(rank − AXIS)`.
-    #[arg(long)]
-    pub stats: Option<PathBuf>,
-    /// Which normalization: LayerNorm, or RMSNorm (no centring, no β).
+    /// Which normalization (see the list above).
     #[arg(long, value_enum, default_value_t = NormKind::Layer)]
     pub kind: NormKind,
-    /// Fused residual add: normalize INPUT + RESIDUAL (same shape), writing the sum to
-    /// --sum-output.
+    /// [layer, rms] First normalized axis: dims AXIS..rank−1 are normalized (ONNX); negative
+    /// counts from the end. Default: -1.
+    #[arg(long, allow_negative_numbers = true, value_name = "AXIS")]
+    pub axis: Option<isize>,
+    /// [layer] Normalize over exactly these axes, in any order, trailing or not (Keras
+    /// `LayerNormalization(axis=[…])`); negative counts from the end. Conflicts with --axis.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        value_name = "A,B,...",
+        conflicts_with = "axis"
+    )]
+    pub axes: Option<Vec<isize>>,
+    /// [group] Number of channel groups; must divide the channels. Required for --kind group.
+    #[arg(long, value_name = "G")]
+    pub groups: Option<usize>,
+    /// [batch, group, instance] The channel axis C; negative counts from the end (-1 for
+    /// channels-last). Default: 1, as PyTorch and ONNX: (N, C, …). Group and instance need
+    /// the batch axis 0 before it.
+    #[arg(long, allow_negative_numbers = true, value_name = "C")]
+    pub channel_axis: Option<isize>,
+    /// [all kinds] ε, added to the variance (for rms: the mean square) under the square root.
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
+    pub eps: f64,
+    /// [all kinds] Scale γ (.npy). Shape: input.shape[AXIS:] (layer, rms); the --axes dims
+    /// in axis order (layer --axes); (C,) (batch, group, instance).
+    #[arg(long, value_name = "W.npy")]
+    pub weight: Option<PathBuf>,
+    /// [layer, batch, group, instance] Shift β (.npy), shaped as --weight. RMSNorm has no β.
+    #[arg(long, value_name = "B.npy")]
+    pub bias: Option<PathBuf>,
+    /// [batch] Training mode: normalize with the batch statistics (each channel needs more
+    /// than one value). Without it, eval mode: normalize with --running-mean/--running-var.
     #[arg(long)]
+    pub training: bool,
+    /// [batch] Running mean (.npy, shape (C,)). Eval mode: required. Training: the running
+    /// statistics to update into --running-output (then required).
+    #[arg(long, value_name = "M.npy")]
+    pub running_mean: Option<PathBuf>,
+    /// [batch] Running (unbiased) variance (.npy, shape (C,)); goes with --running-mean.
+    #[arg(long, value_name = "V.npy")]
+    pub running_var: Option<PathBuf>,
+    /// [batch --training] Write the updated running statistics: an .npz with arrays
+    /// `running_mean` and `running_var` of shape (C,) in the input's dtype, updated as in
+    /// PyTorch: new = (1 − momentum)·old + momentum·batch, the variance from the unbiased
+    /// batch variance. Needs --running-mean and --running-var.
+    #[arg(long, value_name = "STATS.npz")]
+    pub running_output: Option<PathBuf>,
+    /// [batch --training --running-output] Weight of the batch statistics in the running
+    /// update, in [0, 1]. Default: 0.1.
+    #[arg(long, allow_negative_numbers = true)]
+    pub momentum: Option<f64>,
+    /// [layer, rms, batch --training, group, instance] Also write the statistics: an .npz of
+    /// float32 arrays `mean` (not for rms) and `rstd` = 1/√(var + ε). Shapes:
+    /// input.shape[:AXIS] + [1]·(rank − AXIS) (layer, rms); the input's shape with 1 on the
+    /// --axes dims (layer --axes); (C,) (batch); (N, G) (group); (N, C) (instance). Eval-mode
+    /// batch has no batch statistics and rejects it.
+    #[arg(long, value_name = "STATS.npz")]
+    pub stats: Option<PathBuf>,
+    /// [layer, rms] Fused residual add: normalize INPUT + RESIDUAL (same shape), writing the
+    /// sum to --sum-output.
+    #[arg(long, value_name = "R.npy")]
     pub residual: Option<PathBuf>,
-    /// Where the fused residual add writes INPUT + RESIDUAL (.npy).
-    #[arg(long)]
+    /// [layer, rms] Where the fused residual add writes INPUT + RESIDUAL (.npy).
+    #[arg(long, value_name = "S.npy")]
     pub sum_output: Option<PathBuf>,
 }
 
 /// The normalizations `normalize` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum NormKind {
-    /// Layer Normalization.
+    /// LayerNorm over the trailing dims from --axis (ONNX) or over --axes (Keras).
     Layer,
-    /// RMS Normalization.
+    /// RMSNorm over the trailing dims from --axis: no centring, no β.
     Rms,
+    /// BatchNorm per channel over the batch and spatial dims (eval mode, or --training).
+    Batch,
+    /// GroupNorm: per sample and group of --groups channels.
+    Group,
+    /// InstanceNorm: per sample and channel.
+    Instance,
+}
+
+impl NormKind {
+    /// The name `--kind` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            NormKind::Layer => "layer",
+            NormKind::Rms => "rms",
+            NormKind::Batch => "batch",
+            NormKind::Group => "group",
+            NormKind::Instance => "instance",
+        }
+    }
 }
 
 fn main() -> ExitCode {

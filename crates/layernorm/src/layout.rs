@@ -244,9 +244,20 @@ pub(crate) fn permute<T: Copy>(src: &[T], shape: &[usize], perm: &[usize], dst: 
     if inner_s == 1 {
         // Contiguous runs: copy them whole.
         let outer = &axes[..axes.len() - 1];
-        for (run, out) in dst.chunks_exact_mut(inner_n).enumerate() {
-            let start = offset(outer, run);
+        let mut index = vec![0; outer.len()];
+        let mut start = 0;
+        for out in dst.chunks_exact_mut(inner_n) {
             out.copy_from_slice(&src[start..start + inner_n]);
+            // Next combination of the outer axes (an odometer: no division per run).
+            for d in (0..outer.len()).rev() {
+                index[d] += 1;
+                start += outer[d].1;
+                if index[d] < outer[d].0 {
+                    break;
+                }
+                start -= outer[d].0 * outer[d].1;
+                index[d] = 0;
+            }
         }
         return;
     }
@@ -281,16 +292,6 @@ pub(crate) fn permute<T: Copy>(src: &[T], shape: &[usize], perm: &[usize], dst: 
             }
         }
     }
-}
-
-/// The source offset of the `index`-th combination of `axes` (row-major over their sizes).
-fn offset(axes: &[(usize, usize)], mut index: usize) -> usize {
-    let mut off = 0;
-    for &(n, s) in axes.iter().rev() {
-        off += (index % n) * s;
-        index /= n;
-    }
-    off
 }
 
 #[cfg(test)]

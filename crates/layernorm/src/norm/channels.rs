@@ -162,32 +162,38 @@ struct Unit {
 }
 
 /// Per-channel sums `Σ term(c, i)` over a unit's elements: for each slab, each channel's run.
+/// (`i` indexes the unit's elements; accumulators are kept per sum, so that channels-last
+/// data, one element per channel and slab, adds whole vectors of channels at a time.)
 #[inline(always)]
 fn channel_sums<const K: usize>(
     v: &ChannelView,
     unit_len: usize,
     term: impl Fn(usize, usize) -> [f64; K],
 ) -> Vec<[f64; K]> {
-    let (slab, run) = (v.slab(), v.run);
-    let mut acc = vec![[0.0; K]; v.channels];
+    let (slab, run, channels) = (v.slab(), v.run, v.channels);
+    let mut acc: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; channels]);
     for base in (0..unit_len).step_by(slab) {
-        if run == 1 {
-            for (c, acc) in acc.iter_mut().enumerate() {
-                for (a, t) in acc.iter_mut().zip(term(c, base + c)) {
-                    *a += t;
-                }
-            }
-        } else {
-            for (c, acc) in acc.iter_mut().enumerate() {
+        for c in 0..channels {
+            let t = if run == 1 {
+                term(c, base + c)
+            } else {
                 let start = base + c * run;
-                let sums = lane_sums(run, |i| term(c, start + i));
-                for (a, t) in acc.iter_mut().zip(sums) {
-                    *a += t;
-                }
+                lane_sums(run, |i| term(c, start + i))
+            };
+            for k in 0..K {
+                acc[k][c] += t[k];
             }
         }
     }
-    acc
+    (0..channels)
+        .map(|c| std::array::from_fn(|k| acc[k][c]))
+        .collect()
+}
+
+/// A per-channel copy of per-(outer, group) values for outer index `a`.
+fn per_channel(v: &ChannelView, a: usize, by_group: &[f64]) -> Vec<f64> {
+    let row = &by_group[a * v.groups()..][..v.groups()];
+    (0..v.channels).map(|c| row[c / v.per_group]).collect()
 }
 
 /// Combines per-unit channel partials into per-(outer, channel) totals, in unit order.
@@ -290,9 +296,9 @@ fn moments<T: Element>(
     // Pass 2: deviations from it.
     let parts = map_in_order(par, x.len(), units.clone(), |u| {
         let xs = v.span(&u).start;
-        let row = u.a * v.groups();
+        let center = per_channel(v, u.a, &m0);
         channel_sums(v, v.span(&u).len(), |c, i| {
-            let d = load(xs + i) - m0[row + v.group_of(c)];
+            let d = load(xs + i) - center[c];
             [d, d * d]
         })
     });
@@ -404,9 +410,9 @@ pub(crate) fn backward<T: Element, P: Element>(
     // One pass: per (outer, channel) Σdy, Σdy·d, Σd with d = x − mean.
     let parts = map_in_order(par, x.len(), units.clone(), |u| {
         let span = v.span(&u);
-        let row = u.a * groups;
+        let center = per_channel(v, u.a, mean);
         channel_sums(v, span.len(), |c, i| {
-            let d = to_f64(x[span.start + i]) - mean[row + v.group_of(c)];
+            let d = to_f64(x[span.start + i]) - center[c];
             let g = to_f64(dy[span.start + i]);
             [g, g * d, d]
         })
@@ -433,6 +439,16 @@ pub(crate) fn backward<T: Element, P: Element>(
         });
     }
     let dx = mask.input.then(|| {
+        // Per (outer, channel): the exact centre, rstd, rstd·γ, rstd·mean(g), rstd·mean(g·x̂).
+        let mut coef = Vec::with_capacity(v.outer * v.channels);
+        for a in 0..v.outer {
+            for c in 0..v.channels {
+                let s = a * groups + v.group_of(c);
+                let (delta, mean_g, mean_gx) = terms[s];
+                let r = rstd[s];
+                coef.push((mean[s] + delta, r, r * gamma(c), r * mean_g, r * mean_gx));
+            }
+        }
         let mut dx = vec![T::default(); x.len()];
         let work: Vec<(Unit, &mut [T])> = units
             .iter()
@@ -442,21 +458,18 @@ pub(crate) fn backward<T: Element, P: Element>(
         map_in_order(par, x.len(), work, |(u, out)| {
             let span = v.span(&u);
             let (xs, gs) = (&x[span.clone()], &dy[span]);
+            let coef = &coef[u.a * v.channels..][..v.channels];
             let slabs = xs.chunks_exact(v.slab()).zip(gs.chunks_exact(v.slab()));
             for ((xs, gs), os) in slabs.zip(out.chunks_exact_mut(v.slab())) {
-                for (c, ((xr, gr), or)) in xs
+                for (((xr, gr), or), &(m, r, rw, k1, k2)) in xs
                     .chunks_exact(v.run)
                     .zip(gs.chunks_exact(v.run))
                     .zip(os.chunks_exact_mut(v.run))
-                    .enumerate()
+                    .zip(coef)
                 {
-                    let s = u.a * groups + v.group_of(c);
-                    let (m, r, w) = (mean[s], rstd[s], gamma(c));
-                    let (delta, mean_g, mean_gx) = terms[s];
                     for ((xv, gv), ov) in xr.iter().zip(gr).zip(or) {
-                        let xhat = (to_f64(*xv) - m - delta) * r;
-                        let g = to_f64(*gv) * w;
-                        *ov = T::round_from_f64(r * (g - mean_g - xhat * mean_gx));
+                        let xhat = (to_f64(*xv) - m) * r;
+                        *ov = T::round_from_f64(rw * to_f64(*gv) - k1 - xhat * k2);
                     }
                 }
             }
