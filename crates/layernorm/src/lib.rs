@@ -29,6 +29,12 @@
 //! # Ok::<(), layernorm::Error>(())
 //! ```
 //!
+//! The rest of the family shares the statistics, the partition into blocks and the error
+//! type: [`rms_norm`], the fused residual add ([`layer_norm::forward_residual`]), LayerNorm over
+//! any axes ([`layer_norm::forward_axes`], Keras' `axis=[1, 3]`), and the channel
+//! normalizations [`BatchNorm`] (training and eval, PyTorch's running statistics), [`GroupNorm`]
+//! and [`InstanceNorm`], over `(N, C, *)` or channels-last data.
+//!
 //! Numerics, determinism and error handling are described in [`layer_norm`]; every function of
 //! the normalization API validates its arguments and returns an [`Error`] rather than
 //! panicking (the [`reference`](mod@reference) oracle, for tests, does not).
