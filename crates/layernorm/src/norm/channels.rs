@@ -161,33 +161,39 @@ struct Unit {
     b: Range<usize>,
 }
 
-/// Per-channel sums `Σ term(c, i)` over a unit's elements: for each slab, each channel's run.
-/// (`i` indexes the unit's elements; accumulators are kept per sum, so that channels-last
-/// data, one element per channel and slab, adds whole vectors of channels at a time.)
+/// Per-channel sums of `term(per_c[c], x, dy)` over a unit's elements (`xs` and `dys`, the
+/// unit's spans): for each slab, each channel's run, lanes summed in a fixed order. Everything
+/// is walked by zipped slices, so channels-last data (one element per channel and slab)
+/// vectorizes across channels.
 #[inline(always)]
-fn channel_sums<const K: usize>(
+fn channel_sums<T: Element, const K: usize>(
     v: &ChannelView,
-    unit_len: usize,
-    term: impl Fn(usize, usize) -> [f64; K],
+    xs: &[T],
+    dys: &[T],
+    per_c: &[f64],
+    term: impl Fn(f64, f64, f64) -> [f64; K],
 ) -> Vec<[f64; K]> {
-    let (slab, run, channels) = (v.slab(), v.run, v.channels);
-    let mut acc: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; channels]);
-    for base in (0..unit_len).step_by(slab) {
-        for c in 0..channels {
-            let t = if run == 1 {
-                term(c, base + c)
-            } else {
-                let start = base + c * run;
-                lane_sums(run, |i| term(c, start + i))
-            };
-            for k in 0..K {
-                acc[k][c] += t[k];
+    let (slab, run) = (v.slab(), v.run);
+    let mut acc = vec![[0.0; K]; v.channels];
+    for (xslab, dslab) in xs.chunks_exact(slab).zip(dys.chunks_exact(slab)) {
+        if run == 1 {
+            for (acc, ((&x, &dy), &p)) in acc.iter_mut().zip(xslab.iter().zip(dslab).zip(per_c)) {
+                let t = term(p, to_f64(x), to_f64(dy));
+                for k in 0..K {
+                    acc[k] += t[k];
+                }
+            }
+        } else {
+            let runs = xslab.chunks_exact(run).zip(dslab.chunks_exact(run));
+            for (acc, ((xr, dr), &p)) in acc.iter_mut().zip(runs.zip(per_c)) {
+                let t = lane_sums(run, |i| term(p, to_f64(xr[i]), to_f64(dr[i])));
+                for k in 0..K {
+                    acc[k] += t[k];
+                }
             }
         }
     }
-    (0..channels)
-        .map(|c| std::array::from_fn(|k| acc[k][c]))
-        .collect()
+    acc
 }
 
 /// A per-channel copy of per-(outer, group) values for outer index `a`.
@@ -283,11 +289,11 @@ fn moments<T: Element>(
 ) -> (Vec<f64>, Vec<f64>) {
     let units = v.units();
     let n = v.count() as f64;
-    let load = |i: usize| to_f64(x[i]) * scale;
     // Pass 1: a first mean.
+    let zeros = vec![0.0; v.channels];
     let parts = map_in_order(par, x.len(), units.clone(), |u| {
-        let xs = v.span(&u).start;
-        channel_sums(v, v.span(&u).len(), |_, i| [load(xs + i)])
+        let xs = &x[v.span(&u)];
+        channel_sums(v, xs, xs, &zeros, |_, x, _| [x * scale])
     });
     let m0: Vec<f64> = by_group(v, &combine(v, &units, parts))
         .iter()
@@ -295,10 +301,10 @@ fn moments<T: Element>(
         .collect();
     // Pass 2: deviations from it.
     let parts = map_in_order(par, x.len(), units.clone(), |u| {
-        let xs = v.span(&u).start;
+        let xs = &x[v.span(&u)];
         let center = per_channel(v, u.a, &m0);
-        channel_sums(v, v.span(&u).len(), |c, i| {
-            let d = load(xs + i) - center[c];
+        channel_sums(v, xs, xs, &center, |m, x, _| {
+            let d = x * scale - m;
             [d, d * d]
         })
     });
@@ -411,9 +417,8 @@ pub(crate) fn backward<T: Element, P: Element>(
     let parts = map_in_order(par, x.len(), units.clone(), |u| {
         let span = v.span(&u);
         let center = per_channel(v, u.a, mean);
-        channel_sums(v, span.len(), |c, i| {
-            let d = to_f64(x[span.start + i]) - center[c];
-            let g = to_f64(dy[span.start + i]);
+        channel_sums(v, &x[span.clone()], &dy[span], &center, |m, x, g| {
+            let d = x - m;
             [g, g * d, d]
         })
     });
