@@ -42,7 +42,7 @@ enum Command {
     /// Normalize an .npy tensor: LayerNorm (ONNX or Keras axes), RMSNorm, BatchNorm,
     /// GroupNorm or InstanceNorm.
     #[command(long_about = NORMALIZE_ABOUT)]
-    Normalize(NormalizeArgs),
+    Normalize(Box<NormalizeArgs>),
     /// Measure forward and backward throughput against a memory copy of the same bytes.
     Bench(BenchArgs),
     /// Show the CPU features found and the instruction set the kernels use.
@@ -150,7 +150,7 @@ pub struct NormalizeArgs {
     /// Output tensor (.npy): same dtype and shape as the input.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Which normalization (see the list above).
+    /// Which normalization (`--help` describes each and the flags it takes).
     #[arg(long, value_enum, default_value_t = NormKind::Layer)]
     pub kind: NormKind,
     /// [layer, rms] First normalized axis: dims AXIS..rank−1 are normalized (ONNX); negative
@@ -162,7 +162,7 @@ pub struct NormalizeArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         value_name = "A,B,...",
         conflicts_with = "axis"
     )]
@@ -207,7 +207,8 @@ pub struct NormalizeArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f64>,
     /// [layer, rms, batch --training, group, instance] Also write the statistics: an .npz of
-    /// float32 arrays `mean` (not for rms) and `rstd` = 1/√(var + ε). Shapes:
+    /// float32 arrays `mean` (not for rms) and `rstd` = 1/√(var + ε) (rms: 1/√(mean(x²) + ε),
+    /// var is the biased variance). Shapes:
     /// input.shape[:AXIS] + [1]·(rank − AXIS) (layer, rms); the input's shape with 1 on the
     /// --axes dims (layer --axes); (C,) (batch); (N, G) (group); (N, C) (instance). Eval-mode
     /// batch has no batch statistics and rejects it.

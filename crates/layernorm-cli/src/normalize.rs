@@ -85,7 +85,11 @@ fn check_flags(args: &NormalizeArgs) -> Result<()> {
         ("--momentum", args.momentum.is_some(), &[Batch]),
         ("--residual", given(&args.residual), &[Layer, Rms]),
         ("--sum-output", given(&args.sum_output), &[Layer, Rms]),
-        ("--bias", given(&args.bias), &[Layer, Batch, Group, Instance]),
+        (
+            "--bias",
+            given(&args.bias),
+            &[Layer, Batch, Group, Instance],
+        ),
     ];
     for (flag, is_given, kinds) in uses {
         if !is_given || kinds.contains(&kind) {
@@ -143,7 +147,9 @@ fn check_flags(args: &NormalizeArgs) -> Result<()> {
                 );
             }
             if args.momentum.is_some() {
-                bail!("--momentum needs --running-output: it weights the running-statistics update");
+                bail!(
+                    "--momentum needs --running-output: it weights the running-statistics update"
+                );
             }
         }
     }
@@ -155,7 +161,10 @@ enum Geometry {
     /// layer, rms over the trailing dims from `start`: rows of `cols`.
     Rows { start: usize, cols: usize },
     /// layer over any axes.
-    Axes { axes: Vec<isize>, layout: AxesLayout },
+    Axes {
+        axes: Vec<isize>,
+        layout: AxesLayout,
+    },
     /// batch, group, instance: `channels` along `axis`.
     Channels { axis: isize, channels: usize },
 }
@@ -195,7 +204,9 @@ impl Geometry {
     /// The shape γ and β must have, and what it is, for error messages.
     fn param_shape(&self, shape: &[usize]) -> (Vec<usize>, &'static str) {
         match self {
-            Geometry::Rows { start, .. } => (shape[*start..].to_vec(), "the normalized dims"),
+            Geometry::Rows { start, .. } => {
+                (shape[*start..].to_vec(), "the normalized dims of the input")
+            }
             Geometry::Axes { layout, .. } => (layout.param_shape(), "the --axes dims"),
             Geometry::Channels { channels, .. } => (vec![*channels], "one value per channel"),
         }
@@ -345,7 +356,12 @@ fn compute<T: NpyFloat>(
         (Geometry::Axes { axes, .. }, _) => {
             // The residual add first (rounded to T, as the fused kernels do), then the
             // normalization of the sum: the same result as a fused pass would give.
-            let sum = r.map(|r| x.iter().zip(&r).map(|(&a, &b)| a.add(b)).collect::<Vec<T>>());
+            let sum = r.map(|r| {
+                x.iter()
+                    .zip(&r)
+                    .map(|(&a, &b)| a.add(b))
+                    .collect::<Vec<T>>()
+            });
             let source = sum.as_deref().unwrap_or(x);
             let (y, stats) = layer_norm::forward_axes(source, shape, axes, affine, eps, PAR)?;
             (y, sum, stats.mean, stats.rstd)
@@ -356,10 +372,7 @@ fn compute<T: NpyFloat>(
                 eps,
                 momentum: args.momentum.unwrap_or(batch_norm::DEFAULT_MOMENTUM),
             };
-            let (mut rm, mut rv) = (
-                convert(&params.running_mean),
-                convert(&params.running_var),
-            );
+            let (mut rm, mut rv) = (convert(&params.running_mean), convert(&params.running_var));
             if args.training {
                 let update = match (rm.as_deref_mut(), rv.as_deref_mut()) {
                     (Some(mean), Some(var)) => Some(RunningStatsMut { mean, var }),

@@ -173,13 +173,37 @@ pub fn write_npz<W: Write + std::io::Seek>(
     w: W,
     arrays: &[(&str, &[usize], &[f32])],
 ) -> Result<()> {
+    write_zip(
+        w,
+        arrays.iter().map(|&(name, shape, data)| {
+            let mut bytes = Vec::new();
+            write_npy(Cursor::new(&mut bytes), shape, data).map(|()| (name, bytes))
+        }),
+    )
+}
+
+/// Writes an `.npz` (uncompressed) of named tensors, each in its own dtype, into `w`.
+pub fn write_npz_tensors<W: Write + std::io::Seek>(w: W, arrays: &[(&str, &Tensor)]) -> Result<()> {
+    write_zip(
+        w,
+        arrays.iter().map(|&(name, tensor)| {
+            let mut bytes = Vec::new();
+            write_tensor(Cursor::new(&mut bytes), tensor).map(|()| (name, bytes))
+        }),
+    )
+}
+
+/// Stores each `(name, .npy bytes)` as `name.npy` in an uncompressed zip.
+fn write_zip<'a, W: Write + std::io::Seek>(
+    w: W,
+    entries: impl Iterator<Item = Result<(&'a str, Vec<u8>)>>,
+) -> Result<()> {
     let mut zip = zip::ZipWriter::new(w);
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(true);
-    for (name, shape, data) in arrays {
-        let mut bytes = Vec::new();
-        write_npy(Cursor::new(&mut bytes), shape, data)?;
+    for entry in entries {
+        let (name, bytes) = entry?;
         zip.start_file(format!("{name}.npy"), options)?;
         zip.write_all(&bytes)?;
     }

@@ -601,7 +601,7 @@ fn rms_kind_and_fused_residual() {
     );
     assert_clean_failure(
         &dir,
-        &["normalize", &x_in, "-o", &p("o.npy"), "--kind", "group"],
+        &["normalize", &x_in, "-o", &p("o.npy"), "--kind", "frob"],
         "invalid value",
     );
 }
@@ -669,4 +669,731 @@ fn crafted_shapes_and_clashing_outputs_fail_cleanly() {
     );
     assert_clean_failure(&dir, &["bench", "--threads", "100000000"], "--threads");
     assert_clean_failure(&dir, &["bench", "--shape", "1000000000x1000000000"], "");
+}
+
+/// Runs a command that must succeed.
+fn assert_success(args: &[&str]) {
+    let out = layernorm(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The C-order multi-index of flat position `flat` in `shape`.
+fn multi_index(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        index[d] = flat % shape[d];
+        flat /= shape[d];
+    }
+    index
+}
+
+/// Statistics of one group of elements: mean, biased variance and count.
+#[derive(Clone, Copy, Debug, Default)]
+struct GroupStats {
+    mean: f64,
+    var: f64,
+    count: usize,
+}
+
+/// Independent normalization: the elements whose multi-index maps to the same `key` share a
+/// mean and a biased variance (two plain passes in f64); returns x̂ and the statistics per key.
+fn normalize_by_key(
+    x: &[f64],
+    shape: &[usize],
+    keys: usize,
+    key: impl Fn(&[usize]) -> usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<GroupStats>) {
+    let k: Vec<usize> = (0..x.len()).map(|i| key(&multi_index(i, shape))).collect();
+    let mut stats = vec![GroupStats::default(); keys];
+    for (&v, &g) in x.iter().zip(&k) {
+        stats[g].mean += v;
+        stats[g].count += 1;
+    }
+    for s in &mut stats {
+        s.mean /= s.count as f64;
+    }
+    for (&v, &g) in x.iter().zip(&k) {
+        stats[g].var += (v - stats[g].mean).powi(2);
+    }
+    for s in &mut stats {
+        s.var /= s.count as f64;
+    }
+    let xhat = x
+        .iter()
+        .zip(&k)
+        .map(|(&v, &g)| (v - stats[g].mean) / (stats[g].var + eps).sqrt())
+        .collect();
+    (xhat, stats)
+}
+
+/// `y = x̂·γ[c] + β[c]` with the channel of each element along `axis`.
+fn per_channel_affine(
+    xhat: &[f64],
+    shape: &[usize],
+    axis: usize,
+    w: &[f64],
+    b: &[f64],
+) -> Vec<f64> {
+    xhat.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = multi_index(i, shape)[axis];
+            v * w[c] + b[c]
+        })
+        .collect()
+}
+
+fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1.0),
+            "{what}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+/// Reads an f64 .npy output, checking its shape.
+fn read_f64(path: &Path, shape: &[u64]) -> Vec<f64> {
+    let (got_shape, data, descr) = read_npy::<f64>(&fs::read(path).unwrap());
+    assert_eq!((got_shape.as_slice(), descr.as_str()), (shape, "'<f8'"));
+    data
+}
+
+/// Reads the float32 `mean` and `rstd` of a --stats file, checking their shape.
+fn read_stats(path: &Path, shape: &[u64]) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![];
+    for name in ["mean", "rstd"] {
+        let (got_shape, data, descr) = read_npy::<f32>(&read_npz_entry(path, name));
+        assert_eq!(
+            (got_shape.as_slice(), descr.as_str()),
+            (shape, "'<f4'"),
+            "{name}"
+        );
+        out.push(data.iter().map(|&v| f64::from(v)).collect());
+    }
+    let rstd = out.pop().unwrap();
+    (out.pop().unwrap(), rstd)
+}
+
+/// The rstd of some group statistics.
+fn rstds(stats: &[GroupStats], eps: f64) -> Vec<f64> {
+    stats.iter().map(|s| 1.0 / (s.var + eps).sqrt()).collect()
+}
+
+#[test]
+fn layer_over_non_trailing_axes_follows_keras() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    let shape = [2usize, 3, 4];
+    let x = ramp(24, 0.3);
+    let r: Vec<f64> = ramp(24, 0.11).iter().map(|v| v * 0.25).collect();
+    // γ/β over the normalized axes 0 and 2: shape (2, 4).
+    let w: Vec<f64> = (0..8).map(|i| 0.5 + i as f64 / 8.0).collect();
+    let b: Vec<f64> = (0..8).map(|i| i as f64 / 10.0 - 0.3).collect();
+    write_npy(&dir.path("x.npy"), &[2, 3, 4], &x, npyz::Order::C);
+    write_npy(&dir.path("r.npy"), &[2, 3, 4], &r, npyz::Order::C);
+    write_npy(&dir.path("w.npy"), &[2, 4], &w, npyz::Order::C);
+    write_npy(&dir.path("b.npy"), &[2, 4], &b, npyz::Order::C);
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--axes",
+        "0,2",
+        "--eps",
+        "1e-3",
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--stats",
+        &p("st.npz"),
+    ]);
+    let (xhat, stats) = normalize_by_key(&x, &shape, 3, |i| i[1], 1e-3);
+    let want: Vec<f64> = xhat
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let m = multi_index(i, &shape);
+            v * w[m[0] * 4 + m[2]] + b[m[0] * 4 + m[2]]
+        })
+        .collect();
+    assert_close(&read_f64(&dir.path("y.npy"), &[2, 3, 4]), &want, 1e-13, "y");
+    // Statistics keep the rank, with 1 on the normalized axes.
+    let (mean, rstd) = read_stats(&dir.path("st.npz"), &[1, 3, 1]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "mean");
+    assert_close(&rstd, &rstds(&stats, 1e-3), 1e-6, "rstd");
+
+    // Negative axes in any order, with the residual add: the sum, then its normalization.
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y2.npy"),
+        "--axes=-1,0",
+        "--residual",
+        &p("r.npy"),
+        "--sum-output",
+        &p("s2.npy"),
+    ]);
+    let sum: Vec<f64> = x.iter().zip(&r).map(|(a, b)| a + b).collect();
+    assert_eq!(read_f64(&dir.path("s2.npy"), &[2, 3, 4]), sum);
+    let (xhat, _) = normalize_by_key(&sum, &shape, 3, |i| i[1], 1e-5);
+    assert_close(
+        &read_f64(&dir.path("y2.npy"), &[2, 3, 4]),
+        &xhat,
+        1e-12,
+        "y2",
+    );
+
+    // --axes over the trailing axes writes what --axis writes, statistics included.
+    for (name, flags) in [("a", ["--axes", "1,2"]), ("b", ["--axis", "1"])] {
+        assert_success(&[
+            "normalize",
+            &p("x.npy"),
+            "-o",
+            &p(&format!("{name}.npy")),
+            flags[0],
+            flags[1],
+            "--stats",
+            &p(&format!("{name}.npz")),
+        ]);
+    }
+    assert_eq!(
+        fs::read(dir.path("a.npy")).unwrap(),
+        fs::read(dir.path("b.npy")).unwrap()
+    );
+    assert_eq!(
+        read_stats(&dir.path("a.npz"), &[2, 1, 1]),
+        read_stats(&dir.path("b.npz"), &[2, 1, 1])
+    );
+}
+
+#[test]
+fn batch_eval_uses_the_running_statistics() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    // (N, C, L) = (2, 3, 4), channel axis 1 (the default).
+    let shape = [2usize, 3, 4];
+    let x = ramp(24, 0.2);
+    let (rm, rv) = ([0.5f64, -1.0, 2.0], [1.5f64, 0.25, 4.0]);
+    let (w, b) = ([1.0, 2.0, 0.5], [0.0, -1.0, 0.25]);
+    write_npy(&dir.path("x.npy"), &[2, 3, 4], &x, npyz::Order::C);
+    write_npy(&dir.path("rm.npy"), &[3], &rm, npyz::Order::C);
+    // The running variance as float32: parameters take the input's dtype.
+    write_npy(
+        &dir.path("rv.npy"),
+        &[3],
+        &rv.map(|v| v as f32),
+        npyz::Order::C,
+    );
+    write_npy(&dir.path("w.npy"), &[3], &w, npyz::Order::C);
+    write_npy(&dir.path("b.npy"), &[3], &b, npyz::Order::C);
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--kind",
+        "batch",
+        "--running-mean",
+        &p("rm.npy"),
+        "--running-var",
+        &p("rv.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--eps",
+        "1e-3",
+    ]);
+    let want: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = multi_index(i, &shape)[1];
+            (v - rm[c]) / (rv[c] + 1e-3).sqrt() * w[c] + b[c]
+        })
+        .collect();
+    assert_close(&read_f64(&dir.path("y.npy"), &[2, 3, 4]), &want, 1e-13, "y");
+    assert_eq!(
+        dir.files(),
+        ["b.npy", "rm.npy", "rv.npy", "w.npy", "x.npy", "y.npy"]
+    );
+}
+
+#[test]
+fn batch_training_channels_last_updates_the_running_statistics() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    // (N, H, C) = (2, 3, 4), channels last: 6 values per channel.
+    let shape = [2usize, 3, 4];
+    let x = ramp(24, 0.45);
+    let (rm, rv) = ([0.0, 1.0, -2.0, 0.5], [1.0, 2.0, 0.5, 3.0]);
+    let (w, b) = ([1.0, 0.5, 2.0, -1.0], [0.1, 0.2, 0.3, 0.4]);
+    write_npy(&dir.path("x.npy"), &[2, 3, 4], &x, npyz::Order::C);
+    write_npy(&dir.path("rm.npy"), &[4], &rm, npyz::Order::C);
+    write_npy(&dir.path("rv.npy"), &[4], &rv, npyz::Order::C);
+    write_npy(&dir.path("w.npy"), &[4], &w, npyz::Order::C);
+    write_npy(&dir.path("b.npy"), &[4], &b, npyz::Order::C);
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--kind",
+        "batch",
+        "--training",
+        "--channel-axis",
+        "-1",
+        "--running-mean",
+        &p("rm.npy"),
+        "--running-var",
+        &p("rv.npy"),
+        "--momentum",
+        "0.25",
+        "--running-output",
+        &p("running.npz"),
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--stats",
+        &p("st.npz"),
+    ]);
+    let (xhat, stats) = normalize_by_key(&x, &shape, 4, |i| i[2], 1e-5);
+    let want = per_channel_affine(&xhat, &shape, 2, &w, &b);
+    assert_close(&read_f64(&dir.path("y.npy"), &[2, 3, 4]), &want, 1e-13, "y");
+    let (mean, rstd) = read_stats(&dir.path("st.npz"), &[4]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "mean");
+    assert_close(&rstd, &rstds(&stats, 1e-5), 1e-6, "rstd");
+    // PyTorch: new = (1 − m)·old + m·batch, the variance unbiased (÷ (n − 1)), in x's dtype.
+    let m = 0.25;
+    for (name, want) in [
+        (
+            "running_mean",
+            (0..4)
+                .map(|c| (1.0 - m) * rm[c] + m * stats[c].mean)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "running_var",
+            (0..4)
+                .map(|c| {
+                    let n = stats[c].count as f64;
+                    (1.0 - m) * rv[c] + m * stats[c].var * n / (n - 1.0)
+                })
+                .collect(),
+        ),
+    ] {
+        let (st_shape, got, descr) =
+            read_npy::<f64>(&read_npz_entry(&dir.path("running.npz"), name));
+        assert_eq!((st_shape, descr.as_str()), (vec![4], "'<f8'"), "{name}");
+        assert_close(&got, &want, 1e-13, name);
+    }
+
+    // Without running statistics, channel axis 1 by default, float32 in and out.
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    write_npy(&dir.path("x32.npy"), &[2, 3, 4], &x32, npyz::Order::C);
+    assert_success(&[
+        "normalize",
+        &p("x32.npy"),
+        "-o",
+        &p("y32.npy"),
+        "--kind",
+        "batch",
+        "--training",
+    ]);
+    let (_, y32, descr) = read_npy::<f32>(&fs::read(dir.path("y32.npy")).unwrap());
+    assert_eq!(descr, "'<f4'");
+    let xf: Vec<f64> = x32.iter().map(|&v| f64::from(v)).collect();
+    let (want, _) = normalize_by_key(&xf, &shape, 3, |i| i[1], 1e-5);
+    let y32: Vec<f64> = y32.iter().map(|&v| f64::from(v)).collect();
+    assert_close(&y32, &want, 1e-6, "y32");
+}
+
+#[test]
+fn group_norm_channels_first_and_last() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    let x = ramp(3 * 4 * 2, 0.35);
+    let (w, b) = ([1.0, 0.5, 2.0, -1.0], [0.1, 0.2, 0.3, 0.4]);
+    write_npy(&dir.path("x.npy"), &[3, 4, 2], &x, npyz::Order::C);
+    write_npy(&dir.path("xl.npy"), &[3, 2, 4], &x, npyz::Order::C);
+    write_npy(&dir.path("w.npy"), &[4], &w, npyz::Order::C);
+    write_npy(&dir.path("b.npy"), &[4], &b, npyz::Order::C);
+    // (N, C, L) = (3, 4, 2), 2 groups of 2 channels.
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--kind",
+        "group",
+        "--groups",
+        "2",
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--stats",
+        &p("st.npz"),
+    ]);
+    let shape = [3usize, 4, 2];
+    let (xhat, stats) = normalize_by_key(&x, &shape, 6, |i| i[0] * 2 + i[1] / 2, 1e-5);
+    let want = per_channel_affine(&xhat, &shape, 1, &w, &b);
+    assert_close(&read_f64(&dir.path("y.npy"), &[3, 4, 2]), &want, 1e-13, "y");
+    let (mean, rstd) = read_stats(&dir.path("st.npz"), &[3, 2]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "mean");
+    assert_close(&rstd, &rstds(&stats, 1e-5), 1e-6, "rstd");
+
+    // Channels last: (N, L, C) = (3, 2, 4); a group spans its channels at every position.
+    assert_success(&[
+        "normalize",
+        &p("xl.npy"),
+        "-o",
+        &p("yl.npy"),
+        "--kind",
+        "group",
+        "--groups",
+        "2",
+        "--channel-axis",
+        "-1",
+        "--weight",
+        &p("w.npy"),
+        "--stats",
+        &p("stl.npz"),
+    ]);
+    let shape = [3usize, 2, 4];
+    let (xhat, stats) = normalize_by_key(&x, &shape, 6, |i| i[0] * 2 + i[2] / 2, 1e-5);
+    let want = per_channel_affine(&xhat, &shape, 2, &w, &[0.0; 4]);
+    assert_close(
+        &read_f64(&dir.path("yl.npy"), &[3, 2, 4]),
+        &want,
+        1e-13,
+        "yl",
+    );
+    let (mean, _) = read_stats(&dir.path("stl.npz"), &[3, 2]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "mean (channels last)");
+}
+
+#[test]
+fn instance_norm_normalizes_each_channel_of_each_sample() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    // (N, C, H, W) = (2, 3, 2, 2).
+    let shape = [2usize, 3, 2, 2];
+    let x = ramp(24, 0.6);
+    let (w, b) = ([1.5, 0.5, -2.0], [0.0, 1.0, -0.5]);
+    write_npy(&dir.path("x.npy"), &[2, 3, 2, 2], &x, npyz::Order::C);
+    write_npy(&dir.path("w.npy"), &[3], &w, npyz::Order::C);
+    write_npy(&dir.path("b.npy"), &[3], &b, npyz::Order::C);
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--kind",
+        "instance",
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--eps",
+        "1e-4",
+        "--stats",
+        &p("st.npz"),
+    ]);
+    let (xhat, stats) = normalize_by_key(&x, &shape, 6, |i| i[0] * 3 + i[1], 1e-4);
+    let want = per_channel_affine(&xhat, &shape, 1, &w, &b);
+    assert_close(
+        &read_f64(&dir.path("y.npy"), &[2, 3, 2, 2]),
+        &want,
+        1e-13,
+        "y",
+    );
+    let (mean, rstd) = read_stats(&dir.path("st.npz"), &[2, 3]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "mean");
+    assert_close(&rstd, &rstds(&stats, 1e-4), 1e-6, "rstd");
+}
+
+#[test]
+fn family_flags_are_checked_against_the_kind() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    write_npy(
+        &dir.path("x.npy"),
+        &[2, 4, 3],
+        &ramp(24, 0.5),
+        npyz::Order::C,
+    );
+    write_npy(&dir.path("one.npy"), &[1, 4], &ramp(4, 0.5), npyz::Order::C);
+    write_npy(&dir.path("c4.npy"), &[4], &[1.0f64; 4], npyz::Order::C);
+    write_npy(&dir.path("c3.npy"), &[3], &[1.0f64; 3], npyz::Order::C);
+    write_npy(&dir.path("c41.npy"), &[4, 1], &[1.0f64; 4], npyz::Order::C);
+    write_npy(
+        &dir.path("neg.npy"),
+        &[4],
+        &[1.0, -1.0, 1.0, 1.0],
+        npyz::Order::C,
+    );
+    let (x, y) = (p("x.npy"), p("y.npy"));
+    let (c4, c3, c41, neg) = (p("c4.npy"), p("c3.npy"), p("c41.npy"), p("neg.npy"));
+    let base = ["normalize", x.as_str(), "-o", y.as_str()];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        // Flags the kind does not use.
+        (
+            vec!["--groups", "2"],
+            "--groups applies to --kind group only, not --kind layer",
+        ),
+        (
+            vec!["--channel-axis", "1"],
+            "--channel-axis applies to --kind batch or group or instance only",
+        ),
+        (
+            vec!["--kind", "rms", "--axes", "0"],
+            "--axes applies to --kind layer only, not --kind rms",
+        ),
+        (
+            vec!["--kind", "batch", "--axis", "1", "--training"],
+            "--axis applies to --kind layer or rms only",
+        ),
+        (
+            vec!["--kind", "group", "--groups", "2", "--training"],
+            "--training applies to --kind batch only",
+        ),
+        (
+            vec!["--kind", "instance", "--momentum", "0.5"],
+            "--momentum applies to --kind batch only",
+        ),
+        (
+            vec!["--kind", "instance", "--running-mean", &c4],
+            "--running-mean applies to --kind batch only",
+        ),
+        (
+            vec!["--kind", "layer", "--running-output", "r.npz"],
+            "--running-output applies to --kind batch only",
+        ),
+        (
+            vec!["--kind", "instance", "--groups", "1"],
+            "--groups applies to --kind group only",
+        ),
+        (
+            vec![
+                "--kind",
+                "batch",
+                "--training",
+                "--residual",
+                &c4,
+                "--sum-output",
+                "s.npy",
+            ],
+            "--residual applies to --kind layer or rms only, not --kind batch",
+        ),
+        (vec!["--axes", "0,2", "--axis", "1"], "cannot be used with"),
+        (vec!["--kind", "rms", "--bias", &c3], "no shift"),
+        // Incomplete combinations.
+        (vec!["--kind", "group"], "needs --groups"),
+        (
+            vec!["--kind", "batch"],
+            "eval-mode BatchNorm needs --running-mean and --running-var",
+        ),
+        (
+            vec!["--kind", "batch", "--running-mean", &c4],
+            "go together",
+        ),
+        (
+            vec![
+                "--kind",
+                "batch",
+                "--running-mean",
+                &c4,
+                "--running-var",
+                &c4,
+                "--stats",
+                "s.npz",
+            ],
+            "no batch statistics",
+        ),
+        (
+            vec![
+                "--kind",
+                "batch",
+                "--running-mean",
+                &c4,
+                "--running-var",
+                &c4,
+                "--momentum",
+                "0.2",
+            ],
+            "--momentum needs --training",
+        ),
+        (
+            vec![
+                "--kind",
+                "batch",
+                "--running-mean",
+                &c4,
+                "--running-var",
+                &c4,
+                "--running-output",
+                "r.npz",
+            ],
+            "--running-output needs --training",
+        ),
+        (
+            vec!["--kind", "batch", "--training", "--running-output", "r.npz"],
+            "--running-output needs --running-mean and --running-var",
+        ),
+        (
+            vec![
+                "--kind",
+                "batch",
+                "--training",
+                "--running-mean",
+                &c4,
+                "--running-var",
+                &c4,
+            ],
+            "only read to write --running-output",
+        ),
+        (
+            vec!["--kind", "batch", "--training", "--momentum", "0.2"],
+            "--momentum needs --running-output",
+        ),
+        // Shapes and values.
+        (
+            vec!["--kind", "group", "--groups", "3"],
+            "3 groups do not divide 4 channels",
+        ),
+        (
+            vec!["--kind", "group", "--groups", "0"],
+            "0 groups do not divide 4 channels",
+        ),
+        (
+            vec!["--kind", "instance", "--weight", &c3],
+            "expected [4] (one value per channel)",
+        ),
+        (
+            vec!["--kind", "batch", "--training", "--bias", &c41],
+            "has shape [4, 1], expected [4]",
+        ),
+        (
+            vec![
+                "--kind",
+                "batch",
+                "--running-mean",
+                &c4,
+                "--running-var",
+                &c3,
+            ],
+            "running variance",
+        ),
+        (
+            vec![
+                "--kind",
+                "batch",
+                "--running-mean",
+                &c4,
+                "--running-var",
+                &neg,
+            ],
+            "running variance of channel 1 is -1",
+        ),
+        (
+            vec![
+                "--kind",
+                "batch",
+                "--training",
+                "--running-mean",
+                &c4,
+                "--running-var",
+                &c4,
+                "--running-output",
+                "r.npz",
+                "--momentum",
+                "1.5",
+            ],
+            "momentum must lie in [0, 1]",
+        ),
+        (
+            vec!["--weight", &c4],
+            "expected [3] (the normalized dims of the input)",
+        ),
+        (
+            vec!["--axes", "0,2", "--weight", &c4],
+            "expected [2, 3] (the --axes dims)",
+        ),
+        (vec!["--axes", "0,-3"], "axis 0 is listed twice"),
+        (
+            vec!["--kind", "batch", "--training", "--channel-axis", "3"],
+            "--channel-axis: axis 3 is out of range",
+        ),
+        (
+            vec!["--kind", "instance", "--channel-axis", "0"],
+            "leaves no batch axis",
+        ),
+    ];
+    // Relative output paths in the cases: make them absolute inside the test folder.
+    for (extra, needle) in &cases {
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| {
+                if a.ends_with(".npz") || *a == "s.npy" {
+                    p(a)
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(extra.iter().map(String::as_str));
+        assert_clean_failure(&dir, &args, needle);
+    }
+    // One value per channel cannot give batch statistics (1 sample × 4 channels).
+    assert_clean_failure(
+        &dir,
+        &[
+            "normalize",
+            &p("one.npy"),
+            "-o",
+            &y,
+            "--kind",
+            "batch",
+            "--training",
+        ],
+        "more than one value per channel, got 1",
+    );
+    // --running-output takes part in the distinct-outputs check.
+    assert_clean_failure(
+        &dir,
+        &[
+            "normalize",
+            &x,
+            "-o",
+            &y,
+            "--kind",
+            "batch",
+            "--training",
+            "--running-mean",
+            &c4,
+            "--running-var",
+            &c4,
+            "--running-output",
+            &y,
+        ],
+        "two outputs",
+    );
 }
