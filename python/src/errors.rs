@@ -50,6 +50,19 @@ create_exception!(
 
 create_exception!(
     layernorm,
+    MomentumError,
+    LayerNormError,
+    "BatchNorm's momentum is not in [0, 1]."
+);
+create_exception!(
+    layernorm,
+    RunningStatsError,
+    LayerNormError,
+    "A running statistic is invalid (BatchNorm's running variance is negative or NaN)."
+);
+
+create_exception!(
+    layernorm,
     OutputError,
     LayerNormError,
     "out= cannot be written (read-only, or overlapping an input or a concurrent call's buffer)."
@@ -65,6 +78,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SizeOverflowError", py.get_type::<SizeOverflowError>())?;
     m.add("DTypeError", py.get_type::<DTypeError>())?;
     m.add("OutputError", py.get_type::<OutputError>())?;
+    m.add("MomentumError", py.get_type::<MomentumError>())?;
+    m.add("RunningStatsError", py.get_type::<RunningStatsError>())?;
     Ok(())
 }
 
@@ -76,10 +91,18 @@ pub fn to_py(err: layernorm::Error) -> PyErr {
         E::LengthMismatch { .. }
         | E::RaggedInput { .. }
         | E::ShapeMismatch { .. }
-        | E::NormalizedShapeMismatch { .. } => ShapeError::new_err(msg),
+        | E::NormalizedShapeMismatch { .. }
+        // Groups that do not divide x's channels; a batch with a single value per channel in
+        // training (PyTorch: "Expected more than 1 value per channel when training").
+        | E::InvalidGroups { .. }
+        | E::TooFewValues { .. } => ShapeError::new_err(msg),
         E::InvalidEpsilon { .. } => EpsilonError::new_err(msg),
+        E::InvalidMomentum { .. } => MomentumError::new_err(msg),
+        E::InvalidRunningVar { .. } => RunningStatsError::new_err(msg),
         E::EmptyNormalizedShape | E::ZeroSizeDim { .. } => EmptyError::new_err(msg),
-        E::AxisOutOfRange { .. } => AxisError::new_err(msg),
+        E::AxisOutOfRange { .. } | E::DuplicateAxis { .. } | E::NoBatchAxis { .. } => {
+            AxisError::new_err(msg)
+        }
         E::SizeOverflow { .. } => SizeOverflowError::new_err(msg),
         _ => LayerNormError::new_err(msg),
     }

@@ -23,18 +23,18 @@ type MaybeArrays<'py> = (
 );
 
 /// numpy's name of an array's dtype ("float32", "bfloat16", …).
-fn dtype_name(a: &Bound<'_, PyUntypedArray>) -> PyResult<String> {
+pub(crate) fn dtype_name(a: &Bound<'_, PyUntypedArray>) -> PyResult<String> {
     a.dtype().getattr("name")?.extract()
 }
 
-fn unsupported(name: &str) -> PyErr {
+pub(crate) fn unsupported(name: &str) -> PyErr {
     DTypeError::new_err(format!(
         "unsupported dtype {name}: expected float32, float64, float16 or bfloat16 (ml_dtypes)"
     ))
 }
 
 /// A C-contiguous array of element type T, borrowed read-only.
-fn typed<'py, T: numpy::Element>(
+pub(crate) fn typed<'py, T: numpy::Element>(
     a: &Bound<'py, PyUntypedArray>,
     what: &str,
     expected: &str,
@@ -49,7 +49,7 @@ fn typed<'py, T: numpy::Element>(
 
 /// Kernels read and write in memory order, so arrays must be C-ordered (numpy's "contiguous"
 /// also admits Fortran order, which would silently transpose the data).
-fn c_contiguous(a: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<()> {
+pub(crate) fn c_contiguous(a: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<()> {
     if a.is_c_contiguous() {
         Ok(())
     } else {
@@ -58,7 +58,7 @@ fn c_contiguous(a: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<()> {
 }
 
 /// γ or β: absent, or an array of the normalized shape and x's dtype.
-fn param<'py, T: Element + numpy::Element>(
+pub(crate) fn param<'py, T: Element + numpy::Element>(
     p: Option<&Bound<'py, PyUntypedArray>>,
     what: &str,
     normalized_shape: &[usize],
@@ -73,7 +73,10 @@ fn param<'py, T: Element + numpy::Element>(
     typed::<T>(p, what, T::NAME).map(Some)
 }
 
-fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>, what: &str) -> PyResult<&'a [T]> {
+pub(crate) fn slice<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArrayDyn<'_, T>,
+    what: &str,
+) -> PyResult<&'a [T]> {
     a.as_slice()
         .map_err(|_| ShapeError::new_err(format!("{what} must be C-contiguous")))
 }

@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+mod axes;
+mod channel_norm;
 mod errors;
 mod layer_norm;
 mod pool;
@@ -22,6 +24,12 @@ fn _layernorm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(layer_norm::rms_norm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(layer_norm::rms_norm_backward, m)?)?;
     m.add_function(wrap_pyfunction!(layer_norm::add_norm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(axes::layer_norm_axes_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(axes::layer_norm_axes_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(channel_norm::batch_norm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(channel_norm::batch_norm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(channel_norm::group_norm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(channel_norm::group_norm_backward, m)?)?;
     m.add_function(wrap_pyfunction!(pool::after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_info, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -244,8 +244,12 @@ def test_keras_like_layer_axes():
     y = layer(x)
     assert layer.gamma.shape == (3, 4) and layer.beta is None
     np.testing.assert_allclose(y, reference_forward(x, 2, eps=1e-3)[0], atol=1e-12)
-    with pytest.raises(NotImplementedError):
-        layernorm.LayerNormalization(axis=1)(x)
+    # Non-trailing axes: normalized over axis 1 for each (i, k).
+    layer = layernorm.LayerNormalization(axis=1)
+    y = layer(x)
+    assert layer.gamma.shape == (3,)
+    y_ref = np.moveaxis(reference_forward(np.moveaxis(x, 1, -1), 1, eps=1e-3)[0], -1, 1)
+    np.testing.assert_allclose(y, y_ref, atol=1e-12)
     with pytest.raises(layernorm.AxisError):
         layernorm.LayerNormalization(axis=5)(x)
     with pytest.raises(RuntimeError):
