@@ -162,6 +162,25 @@ fn f64_rows_near_overflow_stay_finite() {
 }
 
 #[test]
+fn f64_constant_rows_near_max_give_exactly_beta() {
+    // Their sum overflows, so the statistics are taken on the row scaled by 2^-600, where the
+    // variance is 0: rstd must be 1/√ε (an earlier version divided by √(ε·2^-1200), which
+    // underflows to 0, and gave rstd = ∞ and y = NaN).
+    for v in [f64::MAX, -f64::MAX, 0.9 * f64::MAX] {
+        let x = vec![v; 7];
+        let (beta, gamma) = (vec![0.25; 7], vec![2.0; 7]);
+        let affine = Affine::scale_shift(&gamma, &beta);
+        let (y, stats) = layer_norm::forward(&x, 7, affine, 1e-5, PAR).unwrap();
+        assert_eq!(y, beta, "row of {v:e}");
+        assert_eq!(stats.rstd[0], 1.0 / 1e-5f64.sqrt());
+        let dy = vec![1.0; 7];
+        let g = layer_norm::backward(&dy, &x, 7, stats.as_ref(), Some(&gamma), GradMask::ALL, PAR)
+            .unwrap();
+        assert_eq!(g.dx.unwrap(), vec![0.0; 7]);
+    }
+}
+
+#[test]
 fn nan_and_inf_stay_in_their_row() {
     let cols = 33;
     let mut rng = Rand::new(5);

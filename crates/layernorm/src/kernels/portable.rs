@@ -72,10 +72,18 @@ pub(crate) fn row_stats<T: Element>(x: &[T], eps: f64, norm: Norm) -> RowStats {
     if !(mean.is_finite() && var.is_finite()) {
         let (mean_s, var_s) = moments(x, DOWNSCALE, norm);
         if mean_s.is_finite() && var_s.is_finite() {
-            // ε·DOWNSCALE² underflows beside a variance this large, as it should.
+            // (DOWNSCALE² itself underflows: divide twice.)
+            let var = var_s / DOWNSCALE / DOWNSCALE;
+            let rstd = if var.is_finite() {
+                // A large mean with a modest spread (a constant row near f64::MAX, say).
+                1.0 / (var + eps).sqrt()
+            } else {
+                // A spread beyond f64: ε is negligible beside it.
+                DOWNSCALE / var_s.sqrt()
+            };
             return RowStats {
                 mean: mean_s / DOWNSCALE,
-                rstd: DOWNSCALE / (var_s + eps * DOWNSCALE * DOWNSCALE).sqrt(),
+                rstd,
             };
         }
     }

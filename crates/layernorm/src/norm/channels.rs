@@ -166,12 +166,12 @@ struct Unit {
 /// is walked by zipped slices, so channels-last data (one element per channel and slab)
 /// vectorizes across channels.
 #[inline(always)]
-fn channel_sums<T: Element, const K: usize>(
+fn channel_sums<T: Element, Q: Copy, const K: usize>(
     v: &ChannelView,
     xs: &[T],
     dys: &[T],
-    per_c: &[f64],
-    term: impl Fn(f64, f64, f64) -> [f64; K],
+    per_c: &[Q],
+    term: impl Fn(Q, f64, f64) -> [f64; K],
 ) -> Vec<[f64; K]> {
     let (slab, run) = (v.slab(), v.run);
     let mut acc = vec![[0.0; K]; v.channels];
@@ -197,7 +197,7 @@ fn channel_sums<T: Element, const K: usize>(
 }
 
 /// A per-channel copy of per-(outer, group) values for outer index `a`.
-fn per_channel(v: &ChannelView, a: usize, by_group: &[f64]) -> Vec<f64> {
+fn per_channel<Q: Copy>(v: &ChannelView, a: usize, by_group: &[Q]) -> Vec<Q> {
     let row = &by_group[a * v.groups()..][..v.groups()];
     (0..v.channels).map(|c| row[c / v.per_group]).collect()
 }
@@ -264,16 +264,37 @@ pub(crate) fn statistics<T: Element>(
     }
     // Some sum overflowed (f64 data near 1e300) or the data holds NaN/Inf: redo scaled by an
     // exact power of two, and keep the scaled statistics wherever they are finite and the
-    // plain ones are not (ε·DOWNSCALE² underflows beside a variance this large, as it should).
+    // plain ones are not.
     let (mean_s, var_s) = moments(v, x, DOWNSCALE, par);
     for i in 0..out.mean.len() {
         if !finite(&out.mean[i], &out.var[i]) && finite(&mean_s[i], &var_s[i]) {
             out.mean[i] = mean_s[i] / DOWNSCALE;
-            out.var[i] = var_s[i] / (DOWNSCALE * DOWNSCALE);
-            out.rstd[i] = DOWNSCALE / (var_s[i] + eps * DOWNSCALE * DOWNSCALE).sqrt();
+            // (DOWNSCALE² itself underflows: divide twice.)
+            let var = var_s[i] / DOWNSCALE / DOWNSCALE;
+            out.var[i] = var;
+            out.rstd[i] = if var.is_finite() {
+                // A large mean with a modest spread (a constant group near f64::MAX, say).
+                1.0 / (var + eps).sqrt()
+            } else {
+                // A spread beyond f64: ε is negligible beside it.
+                DOWNSCALE / var_s[i].sqrt()
+            };
         }
     }
     out
+}
+
+/// The exact power of two that f64 data of a group with this mean and rstd is scaled by
+/// before `x − μ` is formed: 1, unless the spread or the mean is so large (beyond 2^960,
+/// f64 data near `f64::MAX`) that `x − μ` or its products could overflow. Scaling by 2^-600
+/// and the rstd by 2^600 leaves x̂ the same; f32 data never comes near.
+fn scale_of(mean: f64, rstd: f64) -> f64 {
+    const HUGE: f64 = f64::from_bits((1023 + 960) << 52);
+    if rstd * HUGE < 1.0 || mean.abs() > HUGE {
+        DOWNSCALE
+    } else {
+        1.0
+    }
 }
 
 /// `1/√(var + ε)` of a given (running) variance.
@@ -341,14 +362,15 @@ pub(crate) fn normalize<T: Element, P: Element>(
     y: &mut [T],
     par: Parallelism,
 ) {
-    // Per (outer, channel): the shift and the scale.
+    // Per (outer, channel): the data's scale, the scaled centre, the scale of x̂ and β.
     let mut coef = Vec::with_capacity(v.outer * v.channels);
     for a in 0..v.outer {
         for c in 0..v.channels {
             let s = a * v.groups() + v.group_of(c);
             let gamma = affine.weight.map_or(1.0, |w| to_f64(w[c]));
             let beta = affine.bias.map_or(0.0, |b| to_f64(b[c]));
-            coef.push((mean[s], rstd[s] * gamma, beta));
+            let sc = scale_of(mean[s], rstd[s]);
+            coef.push((sc, mean[s] * sc, rstd[s] / sc * gamma, beta));
         }
     }
     let units = v.units();
@@ -361,13 +383,13 @@ pub(crate) fn normalize<T: Element, P: Element>(
         let xs = &x[v.span(&u)];
         let coef = &coef[u.a * v.channels..][..v.channels];
         for (xs, ys) in xs.chunks_exact(v.slab()).zip(y.chunks_exact_mut(v.slab())) {
-            for ((xr, yr), &(m, k, b)) in xs
+            for ((xr, yr), &(sc, m, k, b)) in xs
                 .chunks_exact(v.run)
                 .zip(ys.chunks_exact_mut(v.run))
                 .zip(coef)
             {
                 for (xv, yv) in xr.iter().zip(yr) {
-                    *yv = T::round_from_f64((to_f64(*xv) - m) * k + b);
+                    *yv = T::round_from_f64((to_f64(*xv) * sc - m) * k + b);
                 }
             }
         }
@@ -413,12 +435,23 @@ pub(crate) fn backward<T: Element, P: Element>(
     let units = v.units();
     let groups = v.groups();
     let gamma = |c: usize| weight.map_or(1.0, |w| to_f64(w[c]));
-    // One pass: per (outer, channel) Σdy, Σdy·d, Σd with d = x − mean.
+    // Per (outer, group): the data's scale (see `scale_of`), and the scaled mean.
+    let scale: Vec<f64> = mean
+        .iter()
+        .zip(rstd)
+        .map(|(&m, &r)| scale_of(m, r))
+        .collect();
+    let scaled: Vec<(f64, f64)> = mean
+        .iter()
+        .zip(&scale)
+        .map(|(&m, &sc)| (sc, m * sc))
+        .collect();
+    // One pass: per (outer, channel) Σdy, Σdy·d, Σd with d = (x − mean)·scale.
     let parts = map_in_order(par, x.len(), units.clone(), |u| {
         let span = v.span(&u);
-        let center = per_channel(v, u.a, mean);
-        channel_sums(v, &x[span.clone()], &dy[span], &center, |m, x, g| {
-            let d = x - m;
+        let center = per_channel(v, u.a, &scaled);
+        channel_sums(v, &x[span.clone()], &dy[span], &center, |(sc, m), x, g| {
+            let d = x * sc - m;
             [g, g * d, d]
         })
     });
@@ -440,18 +473,20 @@ pub(crate) fn backward<T: Element, P: Element>(
             (0.0, 0.0, 0.0)
         } else {
             let delta = sd / n;
-            (delta, sg / n, (sgd - delta * sg) * rstd[s] / n)
+            (delta, sg / n, (sgd - delta * sg) * (rstd[s] / scale[s]) / n)
         });
     }
     let dx = mask.input.then(|| {
-        // Per (outer, channel): the exact centre, rstd, rstd·γ, rstd·mean(g), rstd·mean(g·x̂).
+        // Per (outer, channel): the data's scale, the exact scaled centre, the scale of x̂,
+        // rstd·γ, rstd·mean(g), rstd·mean(g·x̂).
         let mut coef = Vec::with_capacity(v.outer * v.channels);
         for a in 0..v.outer {
             for c in 0..v.channels {
                 let s = a * groups + v.group_of(c);
                 let (delta, mean_g, mean_gx) = terms[s];
-                let r = rstd[s];
-                coef.push((mean[s] + delta, r, r * gamma(c), r * mean_g, r * mean_gx));
+                let (r, sc) = (rstd[s], scale[s]);
+                let centre = scaled[s].1 + delta;
+                coef.push((sc, centre, r / sc, r * gamma(c), r * mean_g, r * mean_gx));
             }
         }
         let mut dx = vec![T::default(); x.len()];
@@ -466,14 +501,14 @@ pub(crate) fn backward<T: Element, P: Element>(
             let coef = &coef[u.a * v.channels..][..v.channels];
             let slabs = xs.chunks_exact(v.slab()).zip(gs.chunks_exact(v.slab()));
             for ((xs, gs), os) in slabs.zip(out.chunks_exact_mut(v.slab())) {
-                for (((xr, gr), or), &(m, r, rw, k1, k2)) in xs
+                for (((xr, gr), or), &(sc, m, r, rw, k1, k2)) in xs
                     .chunks_exact(v.run)
                     .zip(gs.chunks_exact(v.run))
                     .zip(os.chunks_exact_mut(v.run))
                     .zip(coef)
                 {
                     for ((xv, gv), ov) in xr.iter().zip(gr).zip(or) {
-                        let xhat = (to_f64(*xv) - m) * r;
+                        let xhat = (to_f64(*xv) * sc - m) * r;
                         *ov = T::round_from_f64(rw * to_f64(*gv) - k1 - xhat * k2);
                     }
                 }
@@ -488,7 +523,7 @@ pub(crate) fn backward<T: Element, P: Element>(
         for c in 0..v.channels {
             let s = a * groups + v.group_of(c);
             let [s0, s1, _] = totals[a * v.channels + c];
-            dw[c] += rstd[s] * (s1 - terms[s].0 * s0);
+            dw[c] += rstd[s] / scale[s] * (s1 - terms[s].0 * s0);
             db[c] += s0;
         }
     }
