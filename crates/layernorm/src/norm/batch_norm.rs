@@ -22,7 +22,7 @@
 //! bitwise the same whatever the thread count (see the engine in `channels.rs`). Defaults, as
 //! PyTorch's `nn.BatchNorm*d`: ε = 1e-5, momentum 0.1, channel axis 1.
 
-use crate::dtype::{to_f64, Element, Float};
+use crate::dtype::{to_f64, Element};
 use crate::error::{Error, Operand, Result};
 use crate::kernels::ParamOf;
 use crate::layout::RowsCols;
@@ -128,10 +128,7 @@ impl BatchNorm {
         if count < 2 {
             return Err(Error::TooFewValues { count });
         }
-        let stats = channels::statistics(&v, x, self.eps, par);
-        let rstd = &stats.rstd;
-        let mut y = vec![T::default(); x.len()];
-        channels::normalize(&v, x, &stats.mean, rstd, affine, &mut y, par);
+        let (y, stats) = channels::forward_own_stats(&v, x, affine, self.eps, par);
         if let Some(r) = running {
             let m = self.momentum;
             let unbias = count as f64 / (count - 1) as f64;
@@ -141,14 +138,7 @@ impl BatchNorm {
                 r.var[c] = P::round_from_f64((1.0 - m) * old.1 + m * stats.var[c] * unbias);
             }
         }
-        let narrow = |s: &[f64]| s.iter().map(|&v| T::Compute::from_f64(v)).collect();
-        Ok((
-            y,
-            Stats {
-                mean: narrow(&stats.mean),
-                rstd: narrow(rstd),
-            },
-        ))
+        Ok((y, stats.saved()))
     }
 
     /// Eval-mode forward: normalizes with the running statistics.
@@ -189,18 +179,7 @@ impl BatchNorm {
         mask: GradMask,
         par: Parallelism,
     ) -> Result<Gradients<T, P>> {
-        let v = self.view(shape)?;
-        let (mean, rstd) = channels::check_backward(&v, dy, x, stats, weight)?;
-        let args = BackwardArgs {
-            dy,
-            x,
-            mean: &mean,
-            rstd: &rstd,
-            weight,
-            statistics: Statistics::Batch,
-            mask,
-        };
-        Ok(channels::backward(&v, args, par))
+        channels::backward_saved(&self.view(shape)?, dy, x, stats, weight, mask, par)
     }
 
     /// Backward of [`forward_eval`](Self::forward_eval): the running statistics are constants.

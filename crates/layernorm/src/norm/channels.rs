@@ -36,7 +36,7 @@ use crate::dtype::{to_f64, Element, Float};
 use crate::error::{Error, Operand, Result};
 use crate::kernels::reduce::lane_sums;
 use crate::layout::{checked_product, resolve_axis};
-use crate::norm::{check_eps, check_len, Affine, GradMask, Gradients, StatsRef};
+use crate::norm::{check_eps, check_len, Affine, GradMask, Gradients, Stats, StatsRef};
 use crate::par::{map_in_order, Blocks, Parallelism};
 
 /// 2^-600, exact: scales f64 data whose sums or squares would overflow back into range.
@@ -246,12 +246,7 @@ pub(crate) struct GroupStats {
 }
 
 /// Mean, biased variance and rstd of every (outer, group) of `x`.
-pub(crate) fn statistics<T: Element>(
-    v: &ChannelView,
-    x: &[T],
-    eps: f64,
-    par: Parallelism,
-) -> GroupStats {
+fn statistics<T: Element>(v: &ChannelView, x: &[T], eps: f64, par: Parallelism) -> GroupStats {
     let (mean, var) = moments(v, x, 1.0, par);
     let mut out = GroupStats {
         rstd: var.iter().map(|&w| 1.0 / (w + eps).sqrt()).collect(),
@@ -535,6 +530,55 @@ pub(crate) fn backward<T: Element, P: Element>(
     }
 }
 
+impl GroupStats {
+    /// The statistics to save for backward, in the compute type `K`.
+    pub fn saved<K: Float>(&self) -> Stats<K> {
+        let narrow = |s: &[f64]| s.iter().map(|&v| K::from_f64(v)).collect();
+        Stats {
+            mean: narrow(&self.mean),
+            rstd: narrow(&self.rstd),
+        }
+    }
+}
+
+/// `x` normalized with its own statistics (training mode); the arguments are checked.
+pub(crate) fn forward_own_stats<T: Element, P: Element>(
+    v: &ChannelView,
+    x: &[T],
+    affine: Affine<'_, P>,
+    eps: f64,
+    par: Parallelism,
+) -> (Vec<T>, GroupStats) {
+    let stats = statistics(v, x, eps, par);
+    let mut y = vec![T::default(); x.len()];
+    normalize(v, x, &stats.mean, &stats.rstd, affine, &mut y, par);
+    (y, stats)
+}
+
+/// Backward from statistics saved by forward (checked here).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_saved<T: Element, P: Element>(
+    v: &ChannelView,
+    dy: &[T],
+    x: &[T],
+    stats: StatsRef<'_, T::Compute>,
+    weight: Option<&[P]>,
+    mask: GradMask,
+    par: Parallelism,
+) -> Result<Gradients<T, P>> {
+    let (mean, rstd) = check_backward(v, dy, x, stats, weight)?;
+    let args = BackwardArgs {
+        dy,
+        x,
+        mean: &mean,
+        rstd: &rstd,
+        weight,
+        statistics: Statistics::Batch,
+        mask,
+    };
+    Ok(backward(v, args, par))
+}
+
 /// Checks the common arguments of a channel normalization's forward.
 pub(crate) fn check_forward<T: Element, P>(
     v: &ChannelView,
@@ -548,7 +592,7 @@ pub(crate) fn check_forward<T: Element, P>(
 }
 
 /// Checks the buffers of a backward call and widens the saved statistics to f64.
-pub(crate) fn check_backward<T: Element, P>(
+fn check_backward<T: Element, P>(
     v: &ChannelView,
     dy: &[T],
     x: &[T],

@@ -15,10 +15,10 @@
 //! value per (sample, group), sample-major — the shape `(N, groups)` of PyTorch's
 //! `native_group_norm`. Default ε = 1e-5, as PyTorch.
 
-use crate::dtype::{Element, Float};
+use crate::dtype::Element;
 use crate::error::Result;
 use crate::kernels::ParamOf;
-use crate::norm::channels::{self, BackwardArgs, ChannelView, Sharing, Statistics};
+use crate::norm::channels::{self, ChannelView, Sharing};
 use crate::norm::{Affine, GradMask, Gradients, Stats, StatsRef};
 use crate::par::Parallelism;
 
@@ -100,7 +100,7 @@ impl GroupNorm {
         mask: GradMask,
         par: Parallelism,
     ) -> Result<Gradients<T, P>> {
-        grouped_backward(&self.view(shape)?, dy, x, stats, weight, mask, par)
+        channels::backward_saved(&self.view(shape)?, dy, x, stats, weight, mask, par)
     }
 }
 
@@ -169,7 +169,7 @@ impl InstanceNorm {
         mask: GradMask,
         par: Parallelism,
     ) -> Result<Gradients<T, P>> {
-        grouped_backward(&self.view(shape)?, dy, x, stats, weight, mask, par)
+        channels::backward_saved(&self.view(shape)?, dy, x, stats, weight, mask, par)
     }
 }
 
@@ -181,38 +181,6 @@ fn grouped_forward<T: Element, P: ParamOf<T>>(
     par: Parallelism,
 ) -> Result<(Vec<T>, Stats<T::Compute>)> {
     channels::check_forward(v, x, &affine, eps)?;
-    let stats = channels::statistics(v, x, eps, par);
-    let rstd = &stats.rstd;
-    let mut y = vec![T::default(); x.len()];
-    channels::normalize(v, x, &stats.mean, rstd, affine, &mut y, par);
-    let narrow = |s: &[f64]| s.iter().map(|&v| T::Compute::from_f64(v)).collect();
-    Ok((
-        y,
-        Stats {
-            mean: narrow(&stats.mean),
-            rstd: narrow(rstd),
-        },
-    ))
-}
-
-fn grouped_backward<T: Element, P: ParamOf<T>>(
-    v: &ChannelView,
-    dy: &[T],
-    x: &[T],
-    stats: StatsRef<'_, T::Compute>,
-    weight: Option<&[P]>,
-    mask: GradMask,
-    par: Parallelism,
-) -> Result<Gradients<T, P>> {
-    let (mean, rstd) = channels::check_backward(v, dy, x, stats, weight)?;
-    let args = BackwardArgs {
-        dy,
-        x,
-        mean: &mean,
-        rstd: &rstd,
-        weight,
-        statistics: Statistics::Batch,
-        mask,
-    };
-    Ok(channels::backward(v, args, par))
+    let (y, stats) = channels::forward_own_stats(v, x, affine, eps, par);
+    Ok((y, stats.saved()))
 }
