@@ -5,6 +5,9 @@
 //! written; every failure prints one line on stderr and exits with status 2.
 
 #![forbid(unsafe_code)]
+// The doc comments of the arguments are clap help texts: "[layer, rms]" there tags the kinds
+// a flag applies to, not an intra-doc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 /// `println!` that returns an error (instead of panicking) when stdout is closed, as when the
 /// output is piped into `head`.
