@@ -13,6 +13,8 @@ pub(crate) mod portable;
 pub(crate) mod reduce;
 mod simd;
 
+pub(crate) use simd::max_cancellation;
+
 use half::{bf16, f16};
 
 use crate::arch::{Isa, Storage};

@@ -196,7 +196,7 @@ fn row_stats<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool>(
 /// f32 rounding — for any row length (the ratio is 1024 up to 2^17 elements, and shrinks for
 /// longer rows down to 4). The second pass has no amplification at all.
 #[inline(always)]
-fn max_cancellation(n: usize) -> f64 {
+pub(crate) fn max_cancellation(n: usize) -> f64 {
     (2f64.powi(27) / n as f64).clamp(4.0, 1024.0)
 }
 

@@ -17,9 +17,12 @@
 //! | InstanceNorm | N | as GroupNorm | GroupNorm with one channel per group | |
 //!
 //! The arithmetic is LayerNorm's, in f64, for every element type:
-//! - statistics by the corrected two-pass algorithm (as `kernels::portable`): `m0 = Σx/n`,
-//!   then `Σd`, `Σd²` with `d = x − m0`, `μ = m0 + Σd/n`, `σ² = (Σd² − (Σd)²/n)/n`; f64 data
-//!   whose sums overflow is scaled by an exact power of two;
+//! - statistics as LayerNorm's kernels take them: for f32/f16/bf16 data one pass of `Σd`,
+//!   `Σd²` around a pivot from the group (`d = x − x₀`, `σ² = Σd²/n − (Σd/n)²`, a bounded
+//!   cancellation), repeated around the mean where it cancelled too much (as `kernels::simd`);
+//!   for f64 data the corrected two-pass algorithm (as `kernels::portable`): `m0 = Σx/n`, then
+//!   `μ = m0 + Σd/n`, `σ² = (Σd² − (Σd)²/n)/n` with `d = x − m0`; f64 data whose sums
+//!   overflow is scaled by an exact power of two;
 //! - `y = (x − μ)·(rstd·γ_c) + β_c`, rounded once to the element type;
 //! - backward from saved (mean, rstd): `δ = Σ(x − mean)/n` recovers the exact mean from a saved
 //!   mean rounded to f32, then `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` with `g = dy·γ_c`, or
@@ -34,6 +37,7 @@ use std::ops::Range;
 
 use crate::dtype::{to_f64, Element, Float};
 use crate::error::{Error, Operand, Result};
+use crate::kernels::max_cancellation;
 use crate::kernels::reduce::lane_sums;
 use crate::layout::{checked_product, resolve_axis};
 use crate::norm::{check_eps, check_len, Affine, GradMask, Gradients, Stats, StatsRef};
@@ -303,35 +307,70 @@ fn moments<T: Element>(
     scale: f64,
     par: Parallelism,
 ) -> (Vec<f64>, Vec<f64>) {
-    let units = v.units();
     let n = v.count() as f64;
-    // Pass 1: a first mean.
-    let zeros = vec![0.0; v.channels];
-    let parts = map_in_order(par, x.len(), units.clone(), |u| {
-        let xs = &x[v.span(&u)];
-        channel_sums(v, xs, xs, &zeros, |_, x, _| [x * scale])
-    });
-    let m0: Vec<f64> = by_group(v, &combine(v, &units, parts))
-        .iter()
-        .map(|[s]| s / n)
-        .collect();
-    // Pass 2: deviations from it.
-    let parts = map_in_order(par, x.len(), units.clone(), |u| {
-        let xs = &x[v.span(&u)];
-        let center = per_channel(v, u.a, &m0);
-        channel_sums(v, xs, xs, &center, |m, x, _| {
-            let d = x * scale - m;
-            [d, d * d]
-        })
-    });
-    let sums = by_group(v, &combine(v, &units, parts));
-    let mut mean = Vec::with_capacity(sums.len());
-    let mut var = Vec::with_capacity(sums.len());
-    for (m0, [s1, s2]) in m0.iter().zip(sums) {
-        mean.push(m0 + s1 / n);
-        let w = (s2 - s1 * s1 / n) / n;
+    // Σ(x·scale − centre) and its squares per (outer, group), around per-group centres.
+    let deviations = |centre: &[f64]| -> Vec<[f64; 2]> {
+        let units = v.units();
+        let parts = map_in_order(par, x.len(), units.clone(), |u| {
+            let xs = &x[v.span(&u)];
+            let centre = per_channel(v, u.a, centre);
+            channel_sums(v, xs, xs, &centre, |m, x, _| {
+                let d = x * scale - m;
+                [d, d * d]
+            })
+        });
+        by_group(v, &combine(v, &units, parts))
+    };
+    // The corrected two-pass step around `centre`: μ = c + Σd/n, σ² = (Σd² − (Σd)²/n)/n.
+    let corrected = |centre: f64, [s1, s2]: [f64; 2]| (centre + s1 / n, (s2 - s1 * s1 / n) / n);
+    let (mut mean, mut var): (Vec<f64>, Vec<f64>) = if std::mem::size_of::<T::Compute>() == 4 {
+        // f32-computed data, as LayerNorm's vector kernel: one pass around a pivot from the
+        // group (its first element), σ² = Σd²/n − (Σd/n)², whose cancellation is bounded;
+        // a second pass around the mean found where it cancelled more than
+        // `max_cancellation(n)` (its error then stays below 2^-26 of σ²).
+        let pivot: Vec<f64> = (0..v.stats_len())
+            .map(|s| {
+                let (a, g) = (s / v.groups(), s % v.groups());
+                let first = (a * v.batch * v.channels + g * v.per_group) * v.run;
+                to_f64(x[first]) * scale
+            })
+            .collect();
+        let sums = deviations(&pivot);
+        let limit = max_cancellation(v.count());
+        let mut redo = false;
+        let mut mean = Vec::with_capacity(sums.len());
+        let mut var = Vec::with_capacity(sums.len());
+        for (p, [s1, s2]) in pivot.iter().zip(&sums) {
+            let shift = s1 / n;
+            let w = s2 / n - shift * shift;
+            redo |= s2 / n > limit * w.abs() && w.is_finite();
+            mean.push(p + shift);
+            var.push(w);
+        }
+        if redo {
+            let again = deviations(&mean);
+            for (i, (p, [s1, s2])) in pivot.iter().zip(&sums).enumerate() {
+                let shift = s1 / n;
+                if s2 / n > limit * var[i].abs() && var[i].is_finite() {
+                    (mean[i], var[i]) = corrected(p + shift, again[i]);
+                }
+            }
+        }
+        (mean, var)
+    } else {
+        // f64 data: the corrected two-pass algorithm, as LayerNorm's portable kernel.
+        let zeros = vec![0.0; v.stats_len()];
+        let m0: Vec<f64> = deviations(&zeros).iter().map(|[s, _]| s / n).collect();
+        m0.iter()
+            .zip(deviations(&m0))
+            .map(|(&c, s)| corrected(c, s))
+            .unzip()
+    };
+    for w in &mut var {
         // Rounding can leave a hair below zero; a NaN must stay NaN.
-        var.push(if w < 0.0 { 0.0 } else { w });
+        if *w < 0.0 {
+            *w = 0.0;
+        }
     }
     (mean, var)
 }
@@ -633,6 +672,26 @@ mod tests {
             ChannelView::new(&nchw, 0, Sharing::Groups(None)),
             Err(Error::NoBatchAxis { .. })
         ));
+    }
+
+    #[test]
+    fn an_outlier_pivot_takes_the_second_pass_and_stays_exact() {
+        // One channel of 2^17 f32 values: an outlier first (the pivot), then a spread of ±1.
+        // Around the pivot Σd²/n ≈ 10^8/2^17 ≫ σ² ≈ 1: the mean is repeated around.
+        let n = 1 << 17;
+        let x: Vec<f32> = (0..n)
+            .map(|i| if i == 0 { 1e4 } else { ((i * 7919) % 2001) as f32 / 1000.0 - 1.0 })
+            .collect();
+        let v = ChannelView::new(&[n, 1], -1, Sharing::Batch).unwrap();
+        let got = statistics(&v, &x, 1e-5, Parallelism::Sequential);
+        let exact_mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+        let exact_var = x
+            .iter()
+            .map(|&v| (f64::from(v) - exact_mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        assert!((got.mean[0] - exact_mean).abs() <= 1e-12 * exact_var.sqrt());
+        assert!((got.var[0] - exact_var).abs() <= 1e-9 * exact_var);
     }
 
     #[test]
