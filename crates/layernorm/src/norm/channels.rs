@@ -323,7 +323,7 @@ fn moments<T: Element>(
     };
     // The corrected two-pass step around `centre`: μ = c + Σd/n, σ² = (Σd² − (Σd)²/n)/n.
     let corrected = |centre: f64, [s1, s2]: [f64; 2]| (centre + s1 / n, (s2 - s1 * s1 / n) / n);
-    let (mut mean, mut var): (Vec<f64>, Vec<f64>) = if std::mem::size_of::<T::Compute>() == 4 {
+    let (mean, mut var): (Vec<f64>, Vec<f64>) = if std::mem::size_of::<T::Compute>() == 4 {
         // f32-computed data, as LayerNorm's vector kernel: one pass around a pivot from the
         // group (its first element), σ² = Σd²/n − (Σd/n)², whose cancellation is bounded;
         // a second pass around the mean found where it cancelled more than
@@ -680,7 +680,13 @@ mod tests {
         // Around the pivot Σd²/n ≈ 10^8/2^17 ≫ σ² ≈ 1: the mean is repeated around.
         let n = 1 << 17;
         let x: Vec<f32> = (0..n)
-            .map(|i| if i == 0 { 1e4 } else { ((i * 7919) % 2001) as f32 / 1000.0 - 1.0 })
+            .map(|i| {
+                if i == 0 {
+                    1e4
+                } else {
+                    ((i * 7919) % 2001) as f32 / 1000.0 - 1.0
+                }
+            })
             .collect();
         let v = ChannelView::new(&[n, 1], -1, Sharing::Batch).unwrap();
         let got = statistics(&v, &x, 1e-5, Parallelism::Sequential);
