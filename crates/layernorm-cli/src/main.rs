@@ -74,7 +74,8 @@ enum Command {
 
 /// `layernorm normalize --help`: the kinds and which flags each takes.
 const NORMALIZE_ABOUT: &str = "\
-Normalize an .npy tensor (float32 or float64); the output has the input's dtype and shape.
+Normalize an .npy tensor (float16, float32 or float64, either byte order, C or Fortran
+order); the output has the input's dtype and shape.
 
 Kinds (--kind, default layer) and the flags each takes (besides --eps, --weight, --stats):
   layer     LayerNorm. --axis A: dims A..rank-1 (ONNX LayerNormalization, default -1), or
@@ -88,10 +89,13 @@ Kinds (--kind, default layer) and the flags each takes (besides --eps, --weight,
             (--channel-axis, default 1). --bias.
   instance  InstanceNorm: each channel of each sample (--channel-axis, default 1). --bias.
 
-γ/β of batch, group and instance have shape (C,). ε defaults to 1e-5 for every kind (as
-PyTorch's and ONNX's defaults). A flag that the chosen kind does not use is an error. Outputs
-are written atomically; any error prints one line on stderr, exits with status 2 and leaves
-no output file.";
+γ/β of batch, group and instance have shape (C,). γ, β, the residual and the running
+statistics may have any of the three dtypes: each is rounded to the input's dtype (so a
+float32 γ with a float16 input acts as γ rounded to float16), which is also the dtype of
+every output but --stats (always float32). ε defaults to 1e-5 for every kind (as PyTorch's
+and ONNX's defaults). A flag that the chosen kind does not use is an error. Outputs are
+written atomically; any error prints one line on stderr, exits with status 2 and leaves no
+output file.";
 
 /// Arguments of `layernorm bench`.
 #[derive(Debug, clap::Args)]
@@ -148,7 +152,7 @@ impl BenchDtype {
 /// an error, never silently ignored.
 #[derive(Debug, clap::Args)]
 pub struct NormalizeArgs {
-    /// Input tensor (.npy, float32 or float64, C or Fortran order).
+    /// Input tensor (.npy, float16, float32 or float64, C or Fortran order).
     pub input: PathBuf,
     /// Output tensor (.npy): same dtype and shape as the input.
     #[arg(short, long)]

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use layernorm::batch_norm::{self, BatchNorm, RunningStats, RunningStatsMut};
 use layernorm::group_norm::{GroupNorm, InstanceNorm};
 use layernorm::layout::{resolve_axis, stats_shape, AxesLayout, RowsCols};
-use layernorm::{layer_norm, rms_norm, Affine, Element, Float, Parallelism};
+use layernorm::{f16, layer_norm, rms_norm, Affine, Element, Float, Parallelism};
 
 use crate::npy::{self, Staged, Tensor};
 use crate::{NormKind, NormalizeArgs};
@@ -33,32 +33,42 @@ struct Outputs {
 
 /// Element types the CLI reads and writes.
 trait NpyFloat: Element {
-    fn from_tensor(t: &Tensor) -> Vec<Self>;
+    /// The tensor's values in this type: its own values when the dtypes match, otherwise
+    /// each value rounded once (to nearest even) from its exact f64 value. γ, β, the
+    /// residual and the running statistics take the input's dtype this way.
+    fn from_tensor(t: &Tensor) -> Vec<Self> {
+        t.to_f64().into_iter().map(Self::round_from_f64).collect()
+    }
     fn tensor(shape: Vec<usize>, data: Vec<Self>) -> Tensor;
-    fn add(self, other: Self) -> Self;
+}
+
+impl NpyFloat for f16 {
+    fn from_tensor(t: &Tensor) -> Vec<Self> {
+        match t {
+            Tensor::F16 { data, .. } => data.clone(),
+            _ => t.to_f64().into_iter().map(Self::round_from_f64).collect(),
+        }
+    }
+    fn tensor(shape: Vec<usize>, data: Vec<Self>) -> Tensor {
+        Tensor::F16 { shape, data }
+    }
 }
 
 impl NpyFloat for f32 {
     fn from_tensor(t: &Tensor) -> Vec<Self> {
-        t.to_f32()
+        match t {
+            Tensor::F32 { data, .. } => data.clone(),
+            _ => t.to_f64().into_iter().map(Self::round_from_f64).collect(),
+        }
     }
     fn tensor(shape: Vec<usize>, data: Vec<Self>) -> Tensor {
         Tensor::F32 { shape, data }
     }
-    fn add(self, other: Self) -> Self {
-        self + other
-    }
 }
 
 impl NpyFloat for f64 {
-    fn from_tensor(t: &Tensor) -> Vec<Self> {
-        t.to_f64()
-    }
     fn tensor(shape: Vec<usize>, data: Vec<Self>) -> Tensor {
         Tensor::F64 { shape, data }
-    }
-    fn add(self, other: Self) -> Self {
-        self + other
     }
 }
 
@@ -251,6 +261,7 @@ pub fn run(args: &NormalizeArgs) -> Result<()> {
     };
 
     let outputs = match &input {
+        Tensor::F16 { data, .. } => compute::<f16>(args, data, &shape, &geometry, &params)?,
         Tensor::F32 { data, .. } => compute::<f32>(args, data, &shape, &geometry, &params)?,
         Tensor::F64 { data, .. } => compute::<f64>(args, data, &shape, &geometry, &params)?,
     };
@@ -359,7 +370,7 @@ fn compute<T: NpyFloat>(
             let sum = r.map(|r| {
                 x.iter()
                     .zip(&r)
-                    .map(|(&a, &b)| a.add(b))
+                    .map(|(&a, &b)| T::narrow(a.widen() + b.widen()))
                     .collect::<Vec<T>>()
             });
             let source = sum.as_deref().unwrap_or(x);

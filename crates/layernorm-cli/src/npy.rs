@@ -8,12 +8,14 @@ use std::io::{BufReader, BufWriter, Cursor, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use half::f16;
 use npyz::{DType, Order, TypeChar, WriterBuilder};
 use tempfile::NamedTempFile;
 
 /// A floating-point tensor in C order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Tensor {
+    F16 { shape: Vec<usize>, data: Vec<f16> },
     F32 { shape: Vec<usize>, data: Vec<f32> },
     F64 { shape: Vec<usize>, data: Vec<f64> },
 }
@@ -21,28 +23,26 @@ pub enum Tensor {
 impl Tensor {
     pub fn shape(&self) -> &[usize] {
         match self {
-            Tensor::F32 { shape, .. } | Tensor::F64 { shape, .. } => shape,
-        }
-    }
-
-    /// The values as f32 (rounding f64 values).
-    pub fn to_f32(&self) -> Vec<f32> {
-        match self {
-            Tensor::F32 { data, .. } => data.clone(),
-            Tensor::F64 { data, .. } => data.iter().map(|&v| v as f32).collect(),
+            Tensor::F16 { shape, .. } | Tensor::F32 { shape, .. } | Tensor::F64 { shape, .. } => {
+                shape
+            }
         }
     }
 
     /// The values as f64 (exact).
     pub fn to_f64(&self) -> Vec<f64> {
         match self {
+            Tensor::F16 { data, .. } => data.iter().map(|&v| f64::from(v)).collect(),
             Tensor::F32 { data, .. } => data.iter().map(|&v| f64::from(v)).collect(),
             Tensor::F64 { data, .. } => data.clone(),
         }
     }
 }
 
-/// Reads a float32 or float64 `.npy` file (either byte order, C or Fortran layout).
+/// The dtypes [`read`] accepts, for error messages.
+pub const SUPPORTED: &str = "float16, float32 or float64 expected";
+
+/// Reads a float16, float32 or float64 `.npy` file (either byte order, C or Fortran layout).
 pub fn read(path: &Path) -> Result<Tensor> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let npy = npyz::NpyFile::new(BufReader::new(file))
@@ -75,7 +75,7 @@ pub fn read(path: &Path) -> Result<Tensor> {
     let float_size = match npy.dtype() {
         DType::Plain(ts) if ts.type_char() == TypeChar::Float => ts.size_field(),
         other => bail!(
-            "{}: dtype {} is not a floating-point type (float32 or float64 expected)",
+            "{}: dtype {} is not a floating-point type ({SUPPORTED})",
             path.display(),
             other.descr()
         ),
@@ -92,6 +92,14 @@ pub fn read(path: &Path) -> Result<Tensor> {
         }
     };
     let tensor = match float_size {
+        2 => {
+            let data = npy.into_vec::<f16>().with_context(truncated)?;
+            check_count(data.len())?;
+            Tensor::F16 {
+                data: to_c_order(data, &shape, order),
+                shape,
+            }
+        }
         4 => {
             let data = npy.into_vec::<f32>().with_context(truncated)?;
             check_count(data.len())?;
@@ -109,7 +117,7 @@ pub fn read(path: &Path) -> Result<Tensor> {
             }
         }
         n => bail!(
-            "{}: float{} is not supported (float32 or float64 expected)",
+            "{}: float{} is not supported ({SUPPORTED})",
             path.display(),
             n * 8
         ),
@@ -163,6 +171,7 @@ where
 /// Writes a tensor as `.npy` in its own dtype.
 pub fn write_tensor<W: Write>(w: W, tensor: &Tensor) -> Result<()> {
     match tensor {
+        Tensor::F16 { shape, data } => write_npy(w, shape, data),
         Tensor::F32 { shape, data } => write_npy(w, shape, data),
         Tensor::F64 { shape, data } => write_npy(w, shape, data),
     }

@@ -1397,3 +1397,609 @@ fn family_flags_are_checked_against_the_kind() {
         "two outputs",
     );
 }
+
+// ---- float16 (`<f2`) ----
+
+use layernorm::f16;
+
+/// Rounds f64 values to f16 (once, to nearest even) and writes them as a `<f2` .npy;
+/// returns the stored values, exactly, as f64.
+fn write_f16(path: &Path, shape: &[u64], values: &[f64]) -> Vec<f64> {
+    let h: Vec<f16> = values.iter().map(|&v| f16::from_f64(v)).collect();
+    write_npy(path, shape, &h, npyz::Order::C);
+    h.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// Reads an f16 .npy output, checking its shape and that its dtype is `<f2`.
+fn read_f16(path: &Path, shape: &[u64]) -> Vec<f16> {
+    let (got_shape, data, descr) = read_npy::<f16>(&fs::read(path).unwrap());
+    assert_eq!(
+        (got_shape.as_slice(), descr.as_str()),
+        (shape, "'<f2'"),
+        "{}",
+        path.display()
+    );
+    data
+}
+
+/// Checks an f16 result against the exact (f64) value of the same computation on the same
+/// f16 inputs. The kernels compute in f32 and round the result once to f16:
+/// |fl16(v) − v| ≤ 2^-11·|v| (normal range; ≤ 2^-25 among subnormals), and the f32 error
+/// of v itself (tens of roundings of 2^-24 on terms of magnitude ≤ 8 here, ≈ 10^-5 at most)
+/// is covered by 2^-17·max(1, |v|): 1/128 of an f16 ulp on [1, 2). So the result is the
+/// correctly rounded value or, when the exact one lies within that margin of a rounding
+/// boundary, its neighbour.
+fn assert_f16_close(got: &[f16], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 2f64.powi(-11) * w.abs() + 2f64.powi(-17) * w.abs().max(1.0);
+        let g = f64::from(*g);
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}[{i}]: {g} vs {w} (f16 of it: {})",
+            f16::from_f64(*w)
+        );
+    }
+}
+
+/// The element-wise sum of two f16-valued vectors, rounded once to f16 (as the fused add).
+fn f16_sum(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(f16::from_f64(x + y)))
+        .collect()
+}
+
+#[test]
+fn f16_layer_and_rms_with_residual_round_trip() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    let x = write_f16(&dir.path("x.npy"), &[2, 3, 8], &ramp(48, 0.37));
+    let r = write_f16(
+        &dir.path("r.npy"),
+        &[2, 3, 8],
+        &ramp(48, 0.13).iter().map(|v| v * 0.3).collect::<Vec<_>>(),
+    );
+    let w_in: Vec<f64> = (0..8).map(|j| 0.75 + j as f64 / 9.0).collect();
+    let b_in: Vec<f64> = (0..8).map(|j| j as f64 / 7.0 - 0.5).collect();
+    let w = write_f16(&dir.path("w.npy"), &[8], &w_in);
+    let b = write_f16(&dir.path("b.npy"), &[8], &b_in);
+
+    // LayerNorm over the last axis, with γ, β and the statistics (float32 whatever the input).
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--stats",
+        &p("st.npz"),
+    ]);
+    let want = reference(&x, 8, Some(&w), Some(&b), 1e-5);
+    assert_f16_close(&read_f16(&dir.path("y.npy"), &[2, 3, 8]), &want, "layer");
+    let (mean, rstd) = read_stats(&dir.path("st.npz"), &[2, 3, 1]);
+    let stats = layernorm::reference::layer_norm_stats(&x, 8, 1e-5);
+    let (want_mean, want_rstd): (Vec<f64>, Vec<f64>) = stats.into_iter().unzip();
+    assert_close(&mean, &want_mean, 1e-6, "mean");
+    assert_close(&rstd, &want_rstd, 1e-6, "rstd");
+
+    // LayerNorm's fused residual add: the sum rounded to f16, then its normalization.
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("yl.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--residual",
+        &p("r.npy"),
+        "--sum-output",
+        &p("sl.npy"),
+    ]);
+    let sum = f16_sum(&x, &r);
+    let got_sum: Vec<f64> = read_f16(&dir.path("sl.npy"), &[2, 3, 8])
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    assert_eq!(got_sum, sum, "layer sum");
+    let want = reference(&sum, 8, Some(&w), Some(&b), 1e-5);
+    assert_f16_close(
+        &read_f16(&dir.path("yl.npy"), &[2, 3, 8]),
+        &want,
+        "layer residual",
+    );
+
+    // RMSNorm over the last two axes, with γ of shape (3, 8) and the residual.
+    let w2 = write_f16(
+        &dir.path("w2.npy"),
+        &[3, 8],
+        &(0..24).map(|j| 1.25 - j as f64 / 32.0).collect::<Vec<_>>(),
+    );
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("yr.npy"),
+        "--kind",
+        "rms",
+        "--axis",
+        "1",
+        "--weight",
+        &p("w2.npy"),
+        "--residual",
+        &p("r.npy"),
+        "--sum-output",
+        &p("sr.npy"),
+        "--stats",
+        &p("str.npz"),
+    ]);
+    let got_sum: Vec<f64> = read_f16(&dir.path("sr.npy"), &[2, 3, 8])
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    assert_eq!(got_sum, sum, "rms sum");
+    let (want, want_rstd) = layernorm::reference::rms_norm_forward(&sum, 24, Some(&w2), 1e-5);
+    assert_f16_close(&read_f16(&dir.path("yr.npy"), &[2, 3, 8]), &want, "rms");
+    let (_, rstd, descr) = read_npy::<f32>(&read_npz_entry(&dir.path("str.npz"), "rstd"));
+    assert_eq!(descr, "'<f4'");
+    let rstd: Vec<f64> = rstd.iter().map(|&v| f64::from(v)).collect();
+    assert_close(&rstd, &want_rstd, 1e-6, "rms rstd");
+
+    // RMSNorm without the residual.
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("yr2.npy"),
+        "--kind",
+        "rms",
+        "--weight",
+        &p("w.npy"),
+    ]);
+    let (want, _) = layernorm::reference::rms_norm_forward(&x, 8, Some(&w), 1e-5);
+    assert_f16_close(&read_f16(&dir.path("yr2.npy"), &[2, 3, 8]), &want, "rms2");
+}
+
+#[test]
+fn f16_big_endian_and_fortran_inputs_read_correctly() {
+    let dir = Dir::new();
+    // The 3×5 array a[i][j], as f16, stored row-major, column-major and big-endian.
+    let c: Vec<f16> = ramp(15, 0.61).iter().map(|&v| f16::from_f64(v)).collect();
+    let mut f = vec![f16::ZERO; 15];
+    for i in 0..3 {
+        for j in 0..5 {
+            f[i + 3 * j] = c[i * 5 + j];
+        }
+    }
+    write_npy(&dir.path("c.npy"), &[3, 5], &c, npyz::Order::C);
+    write_npy(&dir.path("f.npy"), &[3, 5], &f, npyz::Order::Fortran);
+    {
+        let file = fs::File::create(dir.path("be.npy")).unwrap();
+        let dtype = npyz::DType::Plain(">f2".parse().unwrap());
+        let mut w = npyz::WriteOptions::new()
+            .dtype(dtype)
+            .shape(&[3, 5])
+            .writer(file)
+            .begin_nd()
+            .unwrap();
+        w.extend(c.iter().copied()).unwrap();
+        w.finish().unwrap();
+    }
+    assert!(fs::read(dir.path("be.npy"))
+        .unwrap()
+        .windows(5)
+        .any(|w| w == b"'>f2'"));
+    let mut outputs = vec![];
+    for name in ["c", "f", "be"] {
+        let out_path = dir.path(&format!("{name}.out.npy"));
+        assert_success(&[
+            "normalize",
+            path_str(&dir.path(&format!("{name}.npy"))),
+            "-o",
+            path_str(&out_path),
+        ]);
+        // Written little-endian, C order, whatever the input's layout.
+        outputs.push(read_f16(&out_path, &[3, 5]));
+    }
+    let cf: Vec<f64> = c.iter().map(|&v| f64::from(v)).collect();
+    assert_f16_close(&outputs[0], &reference(&cf, 5, None, None, 1e-5), "c");
+    assert_eq!(outputs[0], outputs[1], "Fortran order");
+    assert_eq!(outputs[0], outputs[2], "big endian");
+}
+
+#[test]
+fn f16_layer_over_axes_with_residual() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    let shape = [2usize, 3, 4];
+    let x = write_f16(&dir.path("x.npy"), &[2, 3, 4], &ramp(24, 0.3));
+    let r = write_f16(
+        &dir.path("r.npy"),
+        &[2, 3, 4],
+        &ramp(24, 0.11).iter().map(|v| v * 0.25).collect::<Vec<_>>(),
+    );
+    // γ/β over the normalized axes 0 and 2: shape (2, 4).
+    let w = write_f16(
+        &dir.path("w.npy"),
+        &[2, 4],
+        &(0..8).map(|i| 0.5 + i as f64 / 8.0).collect::<Vec<_>>(),
+    );
+    let b = write_f16(
+        &dir.path("b.npy"),
+        &[2, 4],
+        &(0..8).map(|i| i as f64 / 10.0 - 0.3).collect::<Vec<_>>(),
+    );
+    let affine = |xhat: &[f64]| -> Vec<f64> {
+        xhat.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let m = multi_index(i, &shape);
+                v * w[m[0] * 4 + m[2]] + b[m[0] * 4 + m[2]]
+            })
+            .collect()
+    };
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--axes",
+        "0,2",
+        "--eps",
+        "1e-3",
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--stats",
+        &p("st.npz"),
+    ]);
+    let (xhat, stats) = normalize_by_key(&x, &shape, 3, |i| i[1], 1e-3);
+    assert_f16_close(
+        &read_f16(&dir.path("y.npy"), &[2, 3, 4]),
+        &affine(&xhat),
+        "y",
+    );
+    let (mean, rstd) = read_stats(&dir.path("st.npz"), &[1, 3, 1]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "mean");
+    assert_close(&rstd, &rstds(&stats, 1e-3), 1e-6, "rstd");
+
+    // Negative axes in any order, with the residual: the f16 sum, then its normalization.
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y2.npy"),
+        "--axes=-1,0",
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--residual",
+        &p("r.npy"),
+        "--sum-output",
+        &p("s2.npy"),
+    ]);
+    let sum = f16_sum(&x, &r);
+    let got_sum: Vec<f64> = read_f16(&dir.path("s2.npy"), &[2, 3, 4])
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    assert_eq!(got_sum, sum);
+    let (xhat, _) = normalize_by_key(&sum, &shape, 3, |i| i[1], 1e-5);
+    assert_f16_close(
+        &read_f16(&dir.path("y2.npy"), &[2, 3, 4]),
+        &affine(&xhat),
+        "y2",
+    );
+}
+
+#[test]
+fn f16_batch_training_and_eval() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    // (N, C, L) = (2, 3, 4), channel axis 1: 8 values per channel.
+    let shape = [2usize, 3, 4];
+    let x = write_f16(&dir.path("x.npy"), &[2, 3, 4], &ramp(24, 0.2));
+    let rm = write_f16(&dir.path("rm.npy"), &[3], &[0.5, -1.0, 2.1]);
+    let rv = write_f16(&dir.path("rv.npy"), &[3], &[1.5, 0.3, 4.0]);
+    let w = write_f16(&dir.path("w.npy"), &[3], &[1.0, 2.0, 0.7]);
+    let b = write_f16(&dir.path("b.npy"), &[3], &[0.0, -1.0, 0.25]);
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("y.npy"),
+        "--kind",
+        "batch",
+        "--training",
+        "--running-mean",
+        &p("rm.npy"),
+        "--running-var",
+        &p("rv.npy"),
+        "--momentum",
+        "0.25",
+        "--running-output",
+        &p("running.npz"),
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--stats",
+        &p("st.npz"),
+    ]);
+    let (xhat, stats) = normalize_by_key(&x, &shape, 3, |i| i[1], 1e-5);
+    let want = per_channel_affine(&xhat, &shape, 1, &w, &b);
+    assert_f16_close(&read_f16(&dir.path("y.npy"), &[2, 3, 4]), &want, "y");
+    let (mean, rstd) = read_stats(&dir.path("st.npz"), &[3]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "mean");
+    assert_close(&rstd, &rstds(&stats, 1e-5), 1e-6, "rstd");
+    // The running statistics in the input's dtype: f16.
+    let m = 0.25;
+    let want_rm: Vec<f64> = (0..3)
+        .map(|c| (1.0 - m) * rm[c] + m * stats[c].mean)
+        .collect();
+    let want_rv: Vec<f64> = (0..3)
+        .map(|c| {
+            let n = stats[c].count as f64;
+            (1.0 - m) * rv[c] + m * stats[c].var * n / (n - 1.0)
+        })
+        .collect();
+    for (name, want) in [("running_mean", want_rm), ("running_var", want_rv)] {
+        let (st_shape, got, descr) =
+            read_npy::<f16>(&read_npz_entry(&dir.path("running.npz"), name));
+        assert_eq!((st_shape, descr.as_str()), (vec![3], "'<f2'"), "{name}");
+        assert_f16_close(&got, &want, name);
+    }
+
+    // Eval mode with the same running statistics.
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("ye.npy"),
+        "--kind",
+        "batch",
+        "--running-mean",
+        &p("rm.npy"),
+        "--running-var",
+        &p("rv.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--eps",
+        "1e-3",
+    ]);
+    let want: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = multi_index(i, &shape)[1];
+            (v - rm[c]) / (rv[c] + 1e-3).sqrt() * w[c] + b[c]
+        })
+        .collect();
+    assert_f16_close(&read_f16(&dir.path("ye.npy"), &[2, 3, 4]), &want, "eval");
+}
+
+#[test]
+fn f16_group_and_instance_norm() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    // (N, C, L) = (3, 4, 2), 2 groups of 2 channels; then channels last for instance.
+    let x = write_f16(&dir.path("x.npy"), &[3, 4, 2], &ramp(24, 0.35));
+    let xl = write_f16(&dir.path("xl.npy"), &[3, 2, 4], &ramp(24, 0.35));
+    let w = write_f16(&dir.path("w.npy"), &[4], &[1.0, 0.5, 2.0, -1.1]);
+    let b = write_f16(&dir.path("b.npy"), &[4], &[0.1, 0.2, 0.3, 0.4]);
+    assert_success(&[
+        "normalize",
+        &p("x.npy"),
+        "-o",
+        &p("yg.npy"),
+        "--kind",
+        "group",
+        "--groups",
+        "2",
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--stats",
+        &p("stg.npz"),
+    ]);
+    let shape = [3usize, 4, 2];
+    let (xhat, stats) = normalize_by_key(&x, &shape, 6, |i| i[0] * 2 + i[1] / 2, 1e-5);
+    let want = per_channel_affine(&xhat, &shape, 1, &w, &b);
+    assert_f16_close(&read_f16(&dir.path("yg.npy"), &[3, 4, 2]), &want, "group");
+    let (mean, rstd) = read_stats(&dir.path("stg.npz"), &[3, 2]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "group mean");
+    assert_close(&rstd, &rstds(&stats, 1e-5), 1e-6, "group rstd");
+
+    assert_success(&[
+        "normalize",
+        &p("xl.npy"),
+        "-o",
+        &p("yi.npy"),
+        "--kind",
+        "instance",
+        "--channel-axis",
+        "-1",
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--eps",
+        "1e-4",
+        "--stats",
+        &p("sti.npz"),
+    ]);
+    let shape = [3usize, 2, 4];
+    let (xhat, stats) = normalize_by_key(&xl, &shape, 12, |i| i[0] * 4 + i[2], 1e-4);
+    let want = per_channel_affine(&xhat, &shape, 2, &w, &b);
+    assert_f16_close(
+        &read_f16(&dir.path("yi.npy"), &[3, 2, 4]),
+        &want,
+        "instance",
+    );
+    let (mean, rstd) = read_stats(&dir.path("sti.npz"), &[3, 4]);
+    let want_mean: Vec<f64> = stats.iter().map(|s| s.mean).collect();
+    assert_close(&mean, &want_mean, 1e-6, "instance mean");
+    assert_close(&rstd, &rstds(&stats, 1e-4), 1e-6, "instance rstd");
+}
+
+#[test]
+fn f16_input_takes_wider_parameters_rounded_to_f16() {
+    // As for f32 and f64 inputs, γ, β, the residual and the running statistics are rounded to
+    // the input's dtype: an f16 input with float32/float64 parameters gives exactly what it
+    // gives with those parameters rounded to f16 (and an f16 γ widens exactly for an f32
+    // input).
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    write_f16(&dir.path("x.npy"), &[4, 6], &ramp(24, 0.4));
+    // 1 + j/3 and j/7 − 0.3 are not f16 values: rounding them changes them.
+    let w: Vec<f64> = (0..6).map(|j| 1.0 + j as f64 / 3.0).collect();
+    let b: Vec<f64> = (0..6).map(|j| j as f64 / 7.0 - 0.3).collect();
+    let r: Vec<f64> = ramp(24, 0.1).iter().map(|v| v / 3.0).collect();
+    let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+    write_npy(&dir.path("w32.npy"), &[6], &w32, npyz::Order::C);
+    write_npy(&dir.path("b64.npy"), &[6], &b, npyz::Order::C);
+    write_npy(&dir.path("r64.npy"), &[4, 6], &r, npyz::Order::C);
+    let w16 = write_f16(
+        &dir.path("w16.npy"),
+        &[6],
+        &w32.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+    );
+    write_f16(&dir.path("b16.npy"), &[6], &b);
+    write_f16(&dir.path("r16.npy"), &[4, 6], &r);
+    for (tag, wf, bf, rf) in [
+        ("wide", "w32.npy", "b64.npy", "r64.npy"),
+        ("f16", "w16.npy", "b16.npy", "r16.npy"),
+    ] {
+        assert_success(&[
+            "normalize",
+            &p("x.npy"),
+            "-o",
+            &p(&format!("y_{tag}.npy")),
+            "--weight",
+            &p(wf),
+            "--bias",
+            &p(bf),
+            "--residual",
+            &p(rf),
+            "--sum-output",
+            &p(&format!("s_{tag}.npy")),
+        ]);
+    }
+    for name in ["y", "s"] {
+        let wide = read_f16(&dir.path(&format!("{name}_wide.npy")), &[4, 6]);
+        let narrow = read_f16(&dir.path(&format!("{name}_f16.npy")), &[4, 6]);
+        assert_eq!(wide, narrow, "{name}");
+    }
+
+    // An f16 γ with a float32 input: widened exactly, the output stays float32.
+    let x32: Vec<f32> = ramp(24, 0.4).iter().map(|&v| v as f32).collect();
+    write_npy(&dir.path("x32.npy"), &[4, 6], &x32, npyz::Order::C);
+    assert_success(&[
+        "normalize",
+        &p("x32.npy"),
+        "-o",
+        &p("y32.npy"),
+        "--weight",
+        &p("w16.npy"),
+    ]);
+    let (_, y32, descr) = read_npy::<f32>(&fs::read(dir.path("y32.npy")).unwrap());
+    assert_eq!(descr, "'<f4'");
+    let xf: Vec<f64> = x32.iter().map(|&v| f64::from(v)).collect();
+    let want = reference(&xf, 6, Some(&w16), None, 1e-5);
+    let y32: Vec<f64> = y32.iter().map(|&v| f64::from(v)).collect();
+    assert_close(&y32, &want, 1e-6, "f32 input, f16 γ");
+}
+
+#[test]
+fn unsupported_dtypes_name_the_supported_ones() {
+    let dir = Dir::new();
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    // float128, an integer type, and a 2-byte void (how bfloat16 arrays end up without a
+    // standard dtype).
+    raw_npy(
+        &dir.path("f128.npy"),
+        "{'descr': '<f16', 'fortran_order': False, 'shape': (2,), }",
+        32,
+    );
+    raw_npy(
+        &dir.path("i2.npy"),
+        "{'descr': '<i2', 'fortran_order': False, 'shape': (2,), }",
+        4,
+    );
+    raw_npy(
+        &dir.path("v2.npy"),
+        "{'descr': '|V2', 'fortran_order': False, 'shape': (2,), }",
+        4,
+    );
+    let out = p("y.npy");
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("f128.npy"), "-o", &out],
+        "float128 is not supported (float16, float32 or float64 expected)",
+    );
+    for name in ["i2.npy", "v2.npy"] {
+        assert_clean_failure(
+            &dir,
+            &["normalize", &p(name), "-o", &out],
+            "is not a floating-point type (float16, float32 or float64 expected)",
+        );
+    }
+    // A truncated f16 file.
+    write_f16(&dir.path("x.npy"), &[3, 4], &ramp(12, 1.0));
+    let whole = fs::read(dir.path("x.npy")).unwrap();
+    fs::write(dir.path("short.npy"), &whole[..whole.len() - 3]).unwrap();
+    assert_clean_failure(
+        &dir,
+        &["normalize", &p("short.npy"), "-o", &out],
+        "truncated",
+    );
+}
+
+#[test]
+fn bench_measures_f16() {
+    let out = layernorm(&[
+        "bench",
+        "--dtype",
+        "f16",
+        "--shape",
+        "4x16",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        assert_eq!(row["dtype"], "f16", "{row}");
+        // 2 bytes per element: forward moves 2·rows·cols of them, backward 3.
+        let per_pass = if row["op"] == "forward" { 2.0 } else { 3.0 };
+        assert_eq!(
+            row["bytes"].as_f64().unwrap(),
+            per_pass * 64.0 * 2.0,
+            "{row}"
+        );
+        assert!(row["gbps"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}

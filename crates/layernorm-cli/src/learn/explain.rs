@@ -12,7 +12,7 @@ use plotters::prelude::*;
 
 use super::diagrams::{self, bold, font, Figure, BATCH_COLOR, LAYER_COLOR};
 use crate::data::{random_batch, BATCH_SHAPE, SENTENCES};
-use crate::npy::{self, Tensor};
+use crate::npy;
 
 /// ε used throughout (PyTorch's default; Keras' is 1e-3).
 const EPS: f64 = 1e-5;
@@ -64,10 +64,7 @@ impl Batch {
                 path.display()
             ),
         };
-        let x = match tensor {
-            Tensor::F32 { data, .. } => data.iter().map(|&v| f64::from(v)).collect(),
-            Tensor::F64 { data, .. } => data,
-        };
+        let x = tensor.to_f64();
         let labels = (0..shape[0] * shape[1])
             .map(|t| {
                 (
