@@ -66,6 +66,9 @@ fn forward_rows<
 ) {
     let cols = block.cols;
     let rows = block.rows();
+    if block.residual.is_none() {
+        return forward_rows_pipelined::<S, T, P, CENTER>(s, block);
+    }
     for r in 0..rows {
         let span = r * cols..(r + 1) * cols;
         if r + 1 < rows && prefetches(cols, block.x) {
@@ -90,6 +93,57 @@ fn forward_rows<
             stats
         } else {
             portable::forward_row(x, block.weight, block.bias, block.eps, y, block.norm)
+        };
+        block.save_stats(r, stats);
+    }
+    if block.stream {
+        s.fence();
+    }
+}
+
+/// [`forward_rows`] without a residual, software-pipelined: the statistics of row r + 1 are
+/// taken before row r is normalized, so that the latency of a row's reductions, division and
+/// square root overlaps the previous row's normalization instead of stalling it. Every row
+/// goes through the same arithmetic as in the plain loop: the results are identical.
+#[inline(always)]
+fn forward_rows_pipelined<
+    S: Simd,
+    T: Element<Compute = f32> + Storage,
+    P: Element<Compute = f32> + Storage,
+    const CENTER: bool,
+>(
+    s: S,
+    mut block: ForwardBlock<'_, T, P>,
+) {
+    let (cols, rows, eps) = (block.cols, block.rows(), block.eps);
+    let x = block.x;
+    let row = |r: usize| &x[r * cols..(r + 1) * cols];
+    let prefetch_rows = prefetches(cols, x);
+    if rows == 0 {
+        return;
+    }
+    if rows > 1 && prefetch_rows {
+        prefetch(row(1));
+    }
+    let mut next = row_stats::<S, T, CENTER>(s, row(0), eps);
+    for r in 0..rows {
+        let stats = next;
+        if r + 1 < rows {
+            if r + 2 < rows && prefetch_rows {
+                prefetch(row(r + 2));
+            }
+            next = row_stats::<S, T, CENTER>(s, row(r + 1), eps);
+        }
+        let y = &mut block.y[r * cols..(r + 1) * cols];
+        let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
+            if block.stream {
+                normalize_affine::<S, T, P, true>(s, row(r), block.weight, block.bias, stats, y);
+            } else {
+                normalize_affine::<S, T, P, false>(s, row(r), block.weight, block.bias, stats, y);
+            }
+            stats
+        } else {
+            portable::forward_row(row(r), block.weight, block.bias, eps, y, block.norm)
         };
         block.save_stats(r, stats);
     }
