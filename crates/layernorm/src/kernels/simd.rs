@@ -658,8 +658,7 @@ fn backward_terms<
     })
 }
 
-/// Backward pass 2, in f32, for one row: `dx = rstd·g − (x̂·c_x + c_g)`, and dγ += dy·x̂,
-/// dβ += dy into the block's f64 partials.
+/// Backward pass 2, in f32, for one row: [`pass2`] with a group of one.
 #[inline(always)]
 fn pass2_row<
     S: Simd,
@@ -671,60 +670,17 @@ fn pass2_row<
     x: &[T],
     dy: &[T],
     weight: &[P],
-    t: Pass2,
+    terms: Pass2,
     out: RowGrads<'_, T>,
 ) {
-    let (n, l) = (x.len(), S::LANES);
-    let (hi, lo, rstd_v) = (s.splat(t.hi), s.splat(t.lo), s.splat(t.rstd));
-    let (c_g, c_x) = (s.splat(t.c_g), s.splat(t.c_x));
-    let RowGrads {
-        mut dx,
-        dsum,
-        mut dweight,
-        mut dbias,
-    } = out;
-    let mut i = 0;
-    while i + l <= n {
-        let (xv, dyv) = (T::load(s, &x[i..]), T::load(s, &dy[i..]));
-        let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd_v);
-        if let Some(dw) = dweight.as_deref_mut() {
-            accumulate(s, &mut dw[i..], s.widen(s.mul(dyv, xhat)));
-        }
-        if let Some(db) = dbias.as_deref_mut() {
-            accumulate(s, &mut db[i..], s.widen(dyv));
-        }
-        if let Some(dx) = dx.as_deref_mut() {
-            let g = if W {
-                s.mul(dyv, P::load(s, &weight[i..]))
-            } else {
-                dyv
-            };
-            let v = s.sub(s.mul(rstd_v, g), s.mul_add(xhat, c_x, c_g));
-            // Fused residual: the sum's own upstream gradient flows straight through.
-            let v = match dsum {
-                Some(ds) => s.add(v, T::load(s, &ds[i..])),
-                None => v,
-            };
-            T::store(s, &mut dx[i..], v);
-        }
-        i += l;
-    }
-    for j in i..n {
-        // The tail, one element at a time: the same arithmetic in scalar f32.
-        let xhat = ((x[j].widen() - t.hi) - t.lo) * t.rstd;
-        let dyj = dy[j].widen();
-        if let Some(dw) = dweight.as_deref_mut() {
-            dw[j] += f64::from(dyj * xhat);
-        }
-        if let Some(db) = dbias.as_deref_mut() {
-            db[j] += f64::from(dyj);
-        }
-        if let Some(dx) = dx.as_deref_mut() {
-            let g = if W { dyj * weight[j].widen() } else { dyj };
-            let v = t.rstd * g - (xhat * t.c_x + t.c_g);
-            dx[j] = T::narrow(dsum.map_or(v, |ds| v + ds[j].widen()));
-        }
-    }
+    let lane = Lane {
+        x,
+        dy,
+        dsum: out.dsum,
+        dx: out.dx,
+        terms,
+    };
+    pass2::<S, T, P, W, 1>(s, [lane], weight, out.dweight, out.dbias);
 }
 
 /// Backward pass 2, in f32, for `R` rows at once: `dx = rstd·g − (x̂·c_x + c_g)` per row,
