@@ -50,7 +50,7 @@ mod norm;
 mod par;
 pub mod reference;
 
-pub use arch::{cpu_info, with_isa, CpuInfo, IsaKind};
+pub use arch::{copy_streaming, cpu_info, with_isa, CpuInfo, IsaKind};
 pub use dtype::{Element, Float};
 pub use error::{Error, Operand, Result};
 pub use half::{bf16, f16};

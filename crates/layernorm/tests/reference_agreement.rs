@@ -223,8 +223,12 @@ fn bf16_matches_reference_on_every_length_and_affine() {
 
 #[test]
 fn every_isa_agrees_with_scalar() {
-    // Each ISA is within ~6u·|y| of the exact result (the suites above), so two ISAs are within
-    // twice that of each other; checked here directly, normwise, against the scalar path.
+    // Each ISA is within a few u of the exact result (the suites above), so two ISAs are within
+    // twice that of each other; checked here directly, normwise, against the scalar path. The
+    // bound on y and dγ is relative to their own size. dx is not: its terms cancel (exactly,
+    // for rows of two elements, where x̂ = ±1), so it is within ~8u of the size of its terms,
+    // rstd·(|g| + mean|g| + |x̂|·mean|g·x̂|), and fused and unfused multiply-adds legitimately
+    // differ by that much.
     fn agree<T: Element>(cols: usize) {
         let mut rng = Rand::new(cols as u8);
         let x: Vec<T> = rng.normals(5 * cols, 3.0, 2.0);
@@ -241,6 +245,21 @@ fn every_isa_agrees_with_scalar() {
                 widen_all(&g.dweight.unwrap()),
             )
         };
+        // The size of dx's terms, from the exact statistics.
+        let (xf, dyf, wf) = (widen_all(&x), widen_all(&dy), widen_all(&w));
+        let mut dx_terms = Vec::with_capacity(x.len());
+        for (r, &(mean, rstd)) in layer_norm_stats(&xf, cols, 1e-5).iter().enumerate() {
+            let row = r * cols..(r + 1) * cols;
+            let xhat: Vec<f64> = xf[row.clone()].iter().map(|v| (v - mean) * rstd).collect();
+            let g: Vec<f64> = dyf[row].iter().zip(&wf).map(|(d, w)| d * w).collect();
+            let mean_g = g.iter().map(|v| v.abs()).sum::<f64>() / cols as f64;
+            let mean_gx = g.iter().zip(&xhat).map(|(g, x)| (g * x).abs()).sum::<f64>();
+            let mean_gx = mean_gx / cols as f64;
+            for (g, xh) in g.iter().zip(&xhat) {
+                dx_terms.push(rstd * (g.abs() + mean_g + xh.abs() * mean_gx));
+            }
+        }
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
         let scalar = layernorm::with_isa(layernorm::IsaKind::Scalar, run).unwrap();
         for kind in layernorm::cpu_info().available {
             let other = layernorm::with_isa(kind, run).unwrap();
@@ -251,7 +270,14 @@ fn every_isa_agrees_with_scalar() {
                 ("dweight", &other.2, &scalar.2),
             ] {
                 // (Rows of one element give y = β = 0 everywhere: equal, and 0/0 normwise.)
-                let err = if a == b { 0.0 } else { normwise_error(a, b) };
+                let err = if a == b {
+                    0.0
+                } else if name == "dx" {
+                    let diff: Vec<f64> = a.iter().zip(b).map(|(a, b)| a - b).collect();
+                    norm(&diff) / norm(&dx_terms)
+                } else {
+                    normwise_error(a, b)
+                };
                 assert!(
                     err <= tol,
                     "{} {kind} vs scalar, cols {cols}: {name} differs by {err:e}",

@@ -127,6 +127,8 @@ pub struct BackwardBlock<'a, T: Element, P = T> {
     pub(crate) partial_len: usize,
     pub(crate) want_dweight: bool,
     pub(crate) want_dbias: bool,
+    /// Write dx with non-temporal stores (the output is too large to stay in cache).
+    pub(crate) stream: bool,
     pub(crate) weight: Option<&'a [P]>,
     pub(crate) x: &'a [T],
     pub(crate) dy: &'a [T],
@@ -166,7 +168,7 @@ impl<T: Element, P: Sync> RowSplit for BackwardBlock<'_, T, P> {
             .split_at_mut(at.div_ceil(self.block_rows) * self.partial_len);
         let (cols, block_rows, partial_len) = (self.cols, self.block_rows, self.partial_len);
         let (want_dweight, want_dbias, weight) = (self.want_dweight, self.want_dbias, self.weight);
-        let norm = self.norm;
+        let (norm, stream) = (self.norm, self.stream);
         let piece = |x, dy, mean, rstd, dx, dsum, partials| BackwardBlock {
             norm,
             cols,
@@ -174,6 +176,7 @@ impl<T: Element, P: Sync> RowSplit for BackwardBlock<'_, T, P> {
             partial_len,
             want_dweight,
             want_dbias,
+            stream,
             weight,
             x,
             dy,

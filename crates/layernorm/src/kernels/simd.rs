@@ -320,6 +320,26 @@ fn stage<U: Copy + Default>(src: &[U], i: usize, t: usize) -> [U; MAX_LANES] {
     buf
 }
 
+/// `((x − hi) − lo)·rstd`, then `·γ + β` (one fused step) with γ/β as given. A plain fn, not
+/// a closure: closures do not inherit the ISA's target features, so the intrinsics inside one
+/// would not inline.
+#[inline(always)]
+fn apply<S: Simd>(
+    s: S,
+    [hi, lo, rstd]: [S::F32; 3],
+    xv: S::F32,
+    w: Option<S::F32>,
+    b: Option<S::F32>,
+) -> S::F32 {
+    let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd);
+    match (w, b) {
+        (Some(w), Some(b)) => s.mul_add(xhat, w, b),
+        (Some(w), None) => s.mul(xhat, w),
+        (None, Some(b)) => s.add(xhat, b),
+        (None, None) => xhat,
+    }
+}
+
 /// Pass 2: `y = ((x − hi) − lo)·rstd·γ + β`, with γ/β present as the flags say, and
 /// non-temporal stores if `NT`.
 #[inline(always)]
@@ -341,27 +361,15 @@ fn normalize<
     let (n, l) = (x.len(), S::LANES);
     let (hi, lo) = split_mean(stats.mean);
     let (hi, lo, rstd) = (s.splat(hi), s.splat(lo), s.splat(stats.rstd as f32));
-    // A plain fn, not a closure: closures do not inherit the ISA's target features, so the
-    // intrinsics inside one would not inline.
-    #[inline(always)]
-    fn apply<S: Simd>(
-        s: S,
-        c: [S::F32; 3],
-        xv: S::F32,
-        w: Option<S::F32>,
-        b: Option<S::F32>,
-    ) -> S::F32 {
-        let [hi, lo, rstd] = c;
-        let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd);
-        match (w, b) {
-            (Some(w), Some(b)) => s.mul_add(xhat, w, b),
-            (Some(w), None) => s.mul(xhat, w),
-            (None, Some(b)) => s.add(xhat, b),
-            (None, None) => xhat,
-        }
-    }
     let c = [hi, lo, rstd];
-    let mut i = 0;
+    // Non-temporal stores need an aligned destination: the first few elements, up to the
+    // vector-aligned boundary of y, go through the staged path. Staged or not, every element
+    // takes the same vector arithmetic, so where y starts never changes a result.
+    let head = if NT { head_len::<S, T>(y) } else { 0 };
+    if head > 0 {
+        normalize_staged::<S, T, P, W, B>(s, c, x, weight, bias, y, 0, head);
+    }
+    let mut i = head;
     while i + l <= n {
         let wv = if W {
             Some(P::load(s, &weight[i..]))
@@ -382,26 +390,59 @@ fn normalize<
         i += l;
     }
     if i < n {
-        // The tail, staged through buffers one vector long (padding lanes are never stored).
-        let t = n - i;
-        let wv = if W {
-            Some(P::load(s, &stage(weight, i, t)))
-        } else {
-            None
-        };
-        let bv = if B {
-            Some(P::load(s, &stage(bias, i, t)))
-        } else {
-            None
-        };
-        let mut out = [T::default(); MAX_LANES];
-        T::store(
-            s,
-            &mut out,
-            apply(s, c, T::load(s, &stage(x, i, t)), wv, bv),
-        );
-        y[i..].copy_from_slice(&out[..t]);
+        normalize_staged::<S, T, P, W, B>(s, c, x, weight, bias, y, i, n - i);
     }
+}
+
+/// The elements of y before its first vector-aligned address (fewer than one vector; all of
+/// them when the row ends sooner): where non-temporal stores can start.
+#[inline(always)]
+fn head_len<S: Simd, T>(y: &[T]) -> usize {
+    let size = std::mem::size_of::<T>();
+    let align = S::LANES * size;
+    let misaligned = (y.as_ptr() as usize) % align;
+    let head = if misaligned == 0 {
+        0
+    } else {
+        (align - misaligned) / size
+    };
+    head.min(y.len())
+}
+
+/// `y[i..i + t]` of pass 2 (t < one vector), staged through buffers one vector long: the
+/// same vector arithmetic as the main loop (padding lanes are computed, never stored).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn normalize_staged<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Storage + Element<Compute = f32>,
+    const W: bool,
+    const B: bool,
+>(
+    s: S,
+    c: [S::F32; 3],
+    x: &[T],
+    weight: &[P],
+    bias: &[P],
+    y: &mut [T],
+    i: usize,
+    t: usize,
+) {
+    let wv = if W {
+        Some(P::load(s, &stage(weight, i, t)))
+    } else {
+        None
+    };
+    let bv = if B {
+        Some(P::load(s, &stage(bias, i, t)))
+    } else {
+        None
+    };
+    let v = apply(s, c, T::load(s, &stage(x, i, t)), wv, bv);
+    let mut out = [T::default(); MAX_LANES];
+    T::store(s, &mut out, v);
+    y[i..i + t].copy_from_slice(&out[..t]);
 }
 
 impl<T: Element<Compute = f32> + Storage, P: Element<Compute = f32> + Storage> WithSimd
@@ -444,6 +485,7 @@ fn backward_rows<
         mut dx,
         dsum,
         partials,
+        stream,
         ..
     } = block;
     let split = if want_dweight { cols } else { 0 };
@@ -467,7 +509,7 @@ fn backward_rows<
                 dbias: db.as_deref_mut(),
             };
             let (xr, dyr) = (&x[span.clone()], &dy[span]);
-            backward_row::<S, T, P, CENTER, W>(s, xr, dyr, weight, stats(r), out);
+            backward_row::<S, T, P, CENTER, W>(s, xr, dyr, weight, stats(r), out, stream);
         }
         return;
     }
@@ -510,7 +552,8 @@ fn backward_rows<
                 dx: dxs.as_mut().and_then(Iterator::next),
                 terms: terms[k].unwrap(),
             });
-            pass2::<S, T, P, W, GROUP>(s, lanes, weight, dw.as_deref_mut(), db.as_deref_mut());
+            let (dw, db) = (dw.as_deref_mut(), db.as_deref_mut());
+            pass2::<S, T, P, W, GROUP>(s, lanes, weight, dw, db, stream);
         } else {
             let mut dxs = block_dx.map(|d| d.chunks_exact_mut(cols));
             for (k, t) in terms.iter().take(group).enumerate() {
@@ -524,11 +567,17 @@ fn backward_rows<
                 };
                 let (xr, dyr) = (&x[span.clone()], &dy[span]);
                 match t {
-                    Some(t) => pass2_row::<S, T, P, W>(s, xr, dyr, weight, *t, out),
+                    Some(t) => pass2_row::<S, T, P, W>(s, xr, dyr, weight, *t, out, stream),
                     // Outside f32's safe range: the f64 path, pass 1 included.
-                    None => {
-                        backward_row::<S, T, P, CENTER, W>(s, xr, dyr, weight, stats(r + k), out)
-                    }
+                    None => backward_row::<S, T, P, CENTER, W>(
+                        s,
+                        xr,
+                        dyr,
+                        weight,
+                        stats(r + k),
+                        out,
+                        stream,
+                    ),
                 }
             }
         }
@@ -551,9 +600,10 @@ fn backward_row<
     weight: &[P],
     stats: (f64, f64),
     out: RowGrads<'_, T>,
+    stream: bool,
 ) {
     match backward_terms::<S, T, P, CENTER, W>(s, x, dy, weight, stats) {
-        Some(t) => pass2_row::<S, T, P, W>(s, x, dy, weight, t, out),
+        Some(t) => pass2_row::<S, T, P, W>(s, x, dy, weight, t, out, stream),
         None => {
             let norm = if CENTER { Norm::Layer } else { Norm::Rms };
             portable::backward_row(x, dy, W.then_some(weight), stats, out, norm);
@@ -675,6 +725,7 @@ fn pass2_row<
     weight: &[P],
     terms: Pass2,
     out: RowGrads<'_, T>,
+    stream: bool,
 ) {
     let lane = Lane {
         x,
@@ -683,12 +734,15 @@ fn pass2_row<
         dx: out.dx,
         terms,
     };
-    pass2::<S, T, P, W, 1>(s, [lane], weight, out.dweight, out.dbias);
+    pass2::<S, T, P, W, 1>(s, [lane], weight, out.dweight, out.dbias, stream);
 }
 
 /// Backward pass 2, in f32, for `R` rows at once: `dx = rstd·g − (x̂·c_x + c_g)` per row,
 /// and the rows' dγ = Σ dy·x̂ and dβ = Σ dy summed in f64 registers (in row order), then added
-/// to the block's partials.
+/// to the block's partials. With `stream`, dx is written with non-temporal stores from the
+/// first vector-aligned address of the first row's dx on; the columns before it and the tail
+/// go through [`pass2_staged`], which runs the same vector arithmetic, so no result depends
+/// on alignment.
 #[inline(always)]
 fn pass2<
     S: Simd,
@@ -702,11 +756,46 @@ fn pass2<
     weight: &[P],
     mut dweight: Option<&mut [f64]>,
     mut dbias: Option<&mut [f64]>,
+    stream: bool,
 ) {
     let (n, l) = (lanes[0].x.len(), S::LANES);
+    let head = match lanes[0].dx.as_deref() {
+        Some(dx) if stream => head_len::<S, T>(dx),
+        _ => 0,
+    };
+    if head > 0 {
+        let (dw, db) = (dweight.as_deref_mut(), dbias.as_deref_mut());
+        pass2_staged::<S, T, P, W, R>(s, &mut lanes, weight, dw, db, 0..head);
+    }
+    let end = head + (n - head) / l * l;
+    let (dw, db) = (dweight.as_deref_mut(), dbias.as_deref_mut());
+    pass2_span::<S, T, P, W, R>(s, &mut lanes, weight, dw, db, head..end, stream);
+    if end < n {
+        pass2_staged::<S, T, P, W, R>(s, &mut lanes, weight, dweight, dbias, end..n);
+    }
+}
+
+/// Pass 2 over `span`, whole vectors (its length is a multiple of `LANES`).
+#[inline(always)]
+fn pass2_span<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Storage + Element<Compute = f32>,
+    const W: bool,
+    const R: usize,
+>(
+    s: S,
+    lanes: &mut [Lane<'_, T>; R],
+    weight: &[P],
+    mut dweight: Option<&mut [f64]>,
+    mut dbias: Option<&mut [f64]>,
+    span: std::ops::Range<usize>,
+    stream: bool,
+) {
+    let l = S::LANES;
     let zero = s.splat64(0.0);
     let mut consts = [[s.splat(0.0); 5]; R];
-    for (c, lane) in consts.iter_mut().zip(&lanes) {
+    for (c, lane) in consts.iter_mut().zip(lanes.iter()) {
         let t = lane.terms;
         *c = [
             s.splat(t.hi),
@@ -716,8 +805,8 @@ fn pass2<
             s.splat(t.c_x),
         ];
     }
-    let mut i = 0;
-    while i + l <= n {
+    let mut i = span.start;
+    while i + l <= span.end {
         let wv = if W {
             Some(P::load(s, &weight[i..]))
         } else {
@@ -746,7 +835,11 @@ fn pass2<
                     Some(ds) => s.add(v, T::load(s, &ds[i..])),
                     None => v,
                 };
-                T::store(s, &mut dx[i..], v);
+                if stream {
+                    T::stream(s, &mut dx[i..], v);
+                } else {
+                    T::store(s, &mut dx[i..], v);
+                }
             }
         }
         if let Some(dw) = dweight.as_deref_mut() {
@@ -757,24 +850,72 @@ fn pass2<
         }
         i += l;
     }
-    for j in i..n {
-        // The tail, one element at a time: the same arithmetic in scalar f32.
-        for lane in lanes.iter_mut() {
-            let t = lane.terms;
-            let xhat = ((lane.x[j].widen() - t.hi) - t.lo) * t.rstd;
-            let dyj = lane.dy[j].widen();
-            if let Some(dw) = dweight.as_deref_mut() {
-                dw[j] += f64::from(dyj * xhat);
-            }
-            if let Some(db) = dbias.as_deref_mut() {
-                db[j] += f64::from(dyj);
-            }
-            if let Some(dx) = lane.dx.as_deref_mut() {
-                let g = if W { dyj * weight[j].widen() } else { dyj };
-                let v = t.rstd * g - (xhat * t.c_x + t.c_g);
-                dx[j] = T::narrow(lane.dsum.map_or(v, |ds| v + ds[j].widen()));
-            }
+}
+
+/// Pass 2 over `span` (shorter than one vector), staged through buffers one vector long and
+/// run through [`pass2_span`]: the same arithmetic as whole vectors (padding lanes are
+/// computed, never stored).
+#[inline(always)]
+fn pass2_staged<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Storage + Element<Compute = f32>,
+    const W: bool,
+    const R: usize,
+>(
+    s: S,
+    lanes: &mut [Lane<'_, T>; R],
+    weight: &[P],
+    dweight: Option<&mut [f64]>,
+    dbias: Option<&mut [f64]>,
+    span: std::ops::Range<usize>,
+) {
+    let (i, t) = (span.start, span.len());
+    let mut xb = [[T::default(); MAX_LANES]; R];
+    let mut dyb = [[T::default(); MAX_LANES]; R];
+    let mut dsb = [[T::default(); MAX_LANES]; R];
+    let mut dxb = [[T::default(); MAX_LANES]; R];
+    for (k, lane) in lanes.iter().enumerate() {
+        xb[k] = stage(lane.x, i, t);
+        dyb[k] = stage(lane.dy, i, t);
+        if let Some(ds) = lane.dsum {
+            dsb[k] = stage(ds, i, t);
         }
+    }
+    let wb = if W {
+        stage(weight, i, t)
+    } else {
+        [P::default(); MAX_LANES]
+    };
+    let dwb = dweight.as_deref().map(|dw| stage(dw, i, t));
+    let dbb = dbias.as_deref().map(|db| stage(db, i, t));
+    let (mut dwb, mut dbb) = (dwb.unwrap_or_default(), dbb.unwrap_or_default());
+    {
+        let mut dxs = dxb.iter_mut();
+        let mut staged: [Lane<'_, T>; R] = std::array::from_fn(|k| {
+            let dx = dxs.next().expect("one buffer per lane");
+            Lane {
+                x: &xb[k],
+                dy: &dyb[k],
+                dsum: lanes[k].dsum.is_some().then_some(&dsb[k][..]),
+                dx: lanes[k].dx.is_some().then_some(&mut dx[..]),
+                terms: lanes[k].terms,
+            }
+        });
+        let dw = dweight.is_some().then_some(&mut dwb[..]);
+        let db = dbias.is_some().then_some(&mut dbb[..]);
+        pass2_span::<S, T, P, W, R>(s, &mut staged, &wb, dw, db, 0..S::LANES, false);
+    }
+    for (lane, out) in lanes.iter_mut().zip(&dxb) {
+        if let Some(dx) = lane.dx.as_deref_mut() {
+            dx[i..i + t].copy_from_slice(&out[..t]);
+        }
+    }
+    if let Some(dw) = dweight {
+        dw[i..i + t].copy_from_slice(&dwb[..t]);
+    }
+    if let Some(db) = dbias {
+        db[i..i + t].copy_from_slice(&dbb[..t]);
     }
 }
 

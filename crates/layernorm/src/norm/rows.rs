@@ -137,6 +137,10 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
         Blocks::for_map(shape.rows, cols)
     };
     let mut partials = vec![0.0f64; blocks.count() * partial_len];
+    let stream = grads
+        .dx
+        .as_deref()
+        .is_some_and(|dx| std::mem::size_of_val(dx) >= *arch::STREAM_MIN_BYTES);
     let work = BackwardBlock {
         norm,
         cols,
@@ -144,6 +148,7 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
         partial_len,
         want_dweight: want_dw,
         want_dbias: want_db,
+        stream,
         weight,
         x,
         dy,

@@ -155,9 +155,16 @@ impl Simd for Avx2 {
     fn store_f16(self, dst: &mut [f16], v: __m256) {
         let dst = &mut dst[..8];
         // SAFETY: see the impl comment; 8 f16 are 16 bytes.
-        unsafe {
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
-            _mm_storeu_si128(dst.as_mut_ptr().cast(), h)
+        unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), self.pack_f16(v)) }
+    }
+    #[inline(always)]
+    fn stream_f16(self, dst: &mut [f16], v: __m256) {
+        let dst = &mut dst[..8];
+        if (dst.as_ptr() as usize).is_multiple_of(16) {
+            // SAFETY: see the impl comment; 8 f16 are 16 bytes, 16-byte aligned as required.
+            unsafe { _mm_stream_si128(dst.as_mut_ptr().cast(), self.pack_f16(v)) }
+        } else {
+            self.store_f16(dst, v)
         }
     }
     #[inline(always)]
@@ -173,6 +180,35 @@ impl Simd for Avx2 {
     fn store_bf16(self, dst: &mut [bf16], v: __m256) {
         let dst = &mut dst[..8];
         // SAFETY: see the impl comment; 8 bf16 are 16 bytes.
+        unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), self.pack_bf16(v)) }
+    }
+    #[inline(always)]
+    fn stream_bf16(self, dst: &mut [bf16], v: __m256) {
+        let dst = &mut dst[..8];
+        if (dst.as_ptr() as usize).is_multiple_of(16) {
+            // SAFETY: see the impl comment; 8 bf16 are 16 bytes, 16-byte aligned as required.
+            unsafe { _mm_stream_si128(dst.as_mut_ptr().cast(), self.pack_bf16(v)) }
+        } else {
+            self.store_bf16(dst, v)
+        }
+    }
+}
+
+/// Conversions shared by the stores and the non-temporal stores.
+impl Avx2 {
+    /// 8 f32 rounded to nearest even f16, packed.
+    #[inline(always)]
+    fn pack_f16(self, v: __m256) -> __m128i {
+        // SAFETY: `self` proves the CPU has AVX2 and F16C (see the `Simd` impl comment); no
+        // memory is touched.
+        unsafe { _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v) }
+    }
+
+    /// 8 f32 rounded to nearest even bf16, packed; NaN stays NaN.
+    #[inline(always)]
+    fn pack_bf16(self, v: __m256) -> __m128i {
+        // SAFETY: `self` proves the CPU has AVX2 (see the `Simd` impl comment); no memory is
+        // touched.
         unsafe {
             // Round to nearest even: add 0x7fff plus the lowest kept bit, then truncate.
             let bits = _mm256_castps_si256(v);
@@ -186,7 +222,7 @@ impl Simd for Avx2 {
             // Pack 8 × u32 → 8 × u16 (packus works per 128-bit half, so gather the halves).
             let packed = _mm256_packus_epi32(high, high);
             let ordered = _mm256_permute4x64_epi64::<0b1000>(packed);
-            _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm256_castsi256_si128(ordered))
+            _mm256_castsi256_si128(ordered)
         }
     }
 }

@@ -161,9 +161,16 @@ impl Simd for Avx512 {
     fn store_f16(self, dst: &mut [f16], v: __m512) {
         let dst = &mut dst[..16];
         // SAFETY: see the impl comment; 16 f16 are 32 bytes.
-        unsafe {
-            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            _mm256_storeu_si256(dst.as_mut_ptr().cast(), h)
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), self.pack_f16(v)) }
+    }
+    #[inline(always)]
+    fn stream_f16(self, dst: &mut [f16], v: __m512) {
+        let dst = &mut dst[..16];
+        if (dst.as_ptr() as usize).is_multiple_of(32) {
+            // SAFETY: see the impl comment; 16 f16 are 32 bytes, 32-byte aligned as required.
+            unsafe { _mm256_stream_si256(dst.as_mut_ptr().cast(), self.pack_f16(v)) }
+        } else {
+            self.store_f16(dst, v)
         }
     }
     #[inline(always)]
@@ -179,6 +186,35 @@ impl Simd for Avx512 {
     fn store_bf16(self, dst: &mut [bf16], v: __m512) {
         let dst = &mut dst[..16];
         // SAFETY: see the impl comment; 16 bf16 are 32 bytes.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), self.pack_bf16(v)) }
+    }
+    #[inline(always)]
+    fn stream_bf16(self, dst: &mut [bf16], v: __m512) {
+        let dst = &mut dst[..16];
+        if (dst.as_ptr() as usize).is_multiple_of(32) {
+            // SAFETY: see the impl comment; 16 bf16 are 32 bytes, 32-byte aligned as required.
+            unsafe { _mm256_stream_si256(dst.as_mut_ptr().cast(), self.pack_bf16(v)) }
+        } else {
+            self.store_bf16(dst, v)
+        }
+    }
+}
+
+/// Conversions shared by the stores and the non-temporal stores.
+impl Avx512 {
+    /// 16 f32 rounded to nearest even f16, packed.
+    #[inline(always)]
+    fn pack_f16(self, v: __m512) -> __m256i {
+        // SAFETY: `self` proves the CPU has AVX-512 (see the `Simd` impl comment); no memory
+        // is touched.
+        unsafe { _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v) }
+    }
+
+    /// 16 f32 rounded to nearest even bf16, packed; NaN stays NaN.
+    #[inline(always)]
+    fn pack_bf16(self, v: __m512) -> __m256i {
+        // SAFETY: `self` proves the CPU has AVX-512 (see the `Simd` impl comment); no memory
+        // is touched.
         unsafe {
             // Round to nearest even: add 0x7fff plus the lowest kept bit, then truncate.
             let bits = _mm512_castps_si512(v);
@@ -188,8 +224,7 @@ impl Simd for Avx512 {
             let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
             let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000));
             let bits = _mm512_mask_blend_epi32(nan, rounded, quiet);
-            let packed = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(bits));
-            _mm256_storeu_si256(dst.as_mut_ptr().cast(), packed)
+            _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(bits))
         }
     }
 }
