@@ -46,15 +46,17 @@ mod dtype;
 mod error;
 mod kernels;
 pub mod layout;
+mod memory;
 mod norm;
 mod par;
 pub mod reference;
 
-pub use arch::{copy_streaming, cpu_info, with_isa, CpuInfo, IsaKind};
+pub use arch::{cpu_info, with_isa, CpuInfo, IsaKind};
 pub use dtype::{Element, Float};
 pub use error::{Error, Operand, Result};
 pub use half::{bf16, f16};
 pub use kernels::ParamOf;
+pub use memory::copy_streaming;
 pub use norm::batch_norm::BatchNorm;
 pub use norm::group_norm::{GroupNorm, InstanceNorm};
 pub use norm::layer_norm::{LayerNorm, LayerNormConfig};

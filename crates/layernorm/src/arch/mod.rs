@@ -135,20 +135,19 @@ fn last_level_cache_bytes() -> Option<usize> {
 }
 
 /// `dst.copy_from_slice(src)` with non-temporal stores where the CPU has them (x86-64), a plain
-/// copy elsewhere: the copy that leaves the caches alone, and the memory ceiling that
-/// `layernorm bench` quotes beside `memcpy` (which on the machines here uses plain stores and
-/// so pays a read-for-ownership of every destination line).
+/// copy elsewhere (the public face is [`crate::copy_streaming`]).
 ///
 /// # Panics
 /// If the lengths differ.
-pub fn copy_streaming<T: crate::Element>(src: &[T], dst: &mut [T]) {
+pub(crate) fn stream_copy<T: Storage>(src: &[T], dst: &mut [T]) {
     assert_eq!(src.len(), dst.len(), "copy_streaming: lengths differ");
     #[cfg(target_arch = "x86_64")]
     {
         let bytes = std::mem::size_of_val(src);
-        // SAFETY: `Element` is sealed to f32, f64, f16 and bf16: plain numbers without padding,
-        // so every byte of `src` is initialized, and every bit pattern written into `dst` is
-        // a valid value. Both views cover exactly their slice and live no longer than it.
+        // SAFETY: `Storage` is private to the crate and implemented for f32, f64, f16 and bf16
+        // only: plain numbers without padding, so every byte of `src` is initialized, and
+        // every bit pattern written into `dst` is a valid value. Both views cover exactly
+        // their slice and live no longer than it.
         let (s, d) = unsafe {
             (
                 std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), bytes),
@@ -457,7 +456,7 @@ fn features() -> Vec<(&'static str, bool)> {
 
 #[cfg(test)]
 mod tests {
-    use super::copy_streaming;
+    use super::stream_copy as copy_streaming;
     use half::f16;
 
     #[test]
