@@ -15,7 +15,13 @@
 //! ```
 //!
 //! A row's reduction order depends only on its length: full vectors from the start, then the
-//! few remaining elements one by one. Pass 2 reads the row from L1/L2, where pass 1 left it. Rows that need the f64 path (see `portable.rs`) are handed to the portable kernel.
+//! few remaining elements one by one. Pass 2 reads the row from L1/L2, where pass 1 left it.
+//! Rows that need the f64 path (see `portable.rs`) are handed to the portable kernel.
+//!
+//! Outputs larger than the cache are written with non-temporal stores, which need an aligned
+//! destination: pass 2 runs the elements before y's (dx's) first vector-aligned address, and
+//! the tail, through buffers one vector long with the same vector arithmetic, so a result
+//! never depends on where the output starts in memory.
 
 use crate::arch::{prefetch, Simd, Storage, WithSimd};
 use crate::dtype::{to_f64, Element};
