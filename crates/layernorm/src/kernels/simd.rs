@@ -404,15 +404,10 @@ fn normalize<
 /// them when the row ends sooner): where non-temporal stores can start.
 #[inline(always)]
 fn head_len<S: Simd, T>(y: &[T]) -> usize {
-    let size = std::mem::size_of::<T>();
-    let align = S::LANES * size;
-    let misaligned = (y.as_ptr() as usize) % align;
-    let head = if misaligned == 0 {
-        0
-    } else {
-        (align - misaligned) / size
-    };
-    head.min(y.len())
+    // (LANES and the element sizes are powers of two, as `align_offset` requires; were the
+    // offset unreachable, usize::MAX, the whole row would be staged: still correct.)
+    let align = S::LANES * std::mem::size_of::<T>();
+    y.as_ptr().align_offset(align).min(y.len())
 }
 
 /// `y[i..i + t]` of pass 2 (t < one vector), staged through buffers one vector long: the
