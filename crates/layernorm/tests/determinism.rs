@@ -116,6 +116,73 @@ fn batch_invariance(probe_x: &[f32], probe_dy: &[f32], w: &[f32], b: &[f32], rng
     }
 }
 
+/// The kernels pipeline the rows (pass 1 of the next row, or group of four rows, inside pass
+/// 2 of the current one) and send rows outside f32's range to an f64 path: a row's bits must
+/// not depend on which neighbours it has, on either side, in groups or not.
+#[test]
+fn a_row_gives_the_same_bits_beside_rows_on_the_f64_path() {
+    let mut rng = Rand::new(31);
+    // Short rows go one by one; rows of 2048 and more in groups of four.
+    for cols in [768, 2053] {
+        let w: Vec<f32> = rng.normals(cols, 1.0, 0.5);
+        let b: Vec<f32> = rng.normals(cols, 0.0, 0.5);
+        let normal = |rng: &mut Rand| rng.normals::<f32>(cols, 3.0, 2.0);
+        // rstd ≈ 1e-33, outside f32's safe range: the f64 path.
+        let huge = |rng: &mut Rand| -> Vec<f32> {
+            rng.normals::<f32>(cols, 0.0, 1.0)
+                .iter()
+                .map(|v| v * 1e33)
+                .collect()
+        };
+        for probe_is_huge in [false, true] {
+            let probe_x = if probe_is_huge {
+                huge(&mut rng)
+            } else {
+                normal(&mut rng)
+            };
+            let probe_dy: Vec<f32> = rng.normals(cols, 0.0, 1.0);
+            // Neighbour patterns: 'n' a normal row, 'h' a huge one, 'p' the probe.
+            for pattern in [
+                "hp",
+                "ph",
+                "hpn",
+                "nnnnhpnnn",
+                "nnnnpnnnh",
+                "nnnhnnnnp",
+                "hhhhpnnnn",
+            ] {
+                let rows = pattern.len();
+                let position = pattern.find('p').unwrap();
+                let mut x = Vec::with_capacity(rows * cols);
+                for c in pattern.chars() {
+                    match c {
+                        'p' => x.extend_from_slice(&probe_x),
+                        'h' => x.extend(huge(&mut rng)),
+                        _ => x.extend(normal(&mut rng)),
+                    }
+                }
+                let mut dy: Vec<f32> = rng.normals(rows * cols, 0.0, 1.0);
+                let span = position * cols..(position + 1) * cols;
+                dy[span.clone()].copy_from_slice(&probe_dy);
+                for kind in layernorm::cpu_info().available {
+                    on_isa(kind, || {
+                        let seq = Parallelism::Sequential;
+                        let (y1, s1, g1) = run(&probe_x, &probe_dy, &w, &b, cols, seq);
+                        let (y, s, g) = run(&x, &dy, &w, &b, cols, seq);
+                        let what =
+                            format!("{kind:?} {cols} cols, {pattern}, huge probe {probe_is_huge}");
+                        assert_eq!(&y[span.clone()], &y1[..], "y, {what}");
+                        assert_eq!(s.mean[position], s1.mean[0], "mean, {what}");
+                        assert_eq!(s.rstd[position], s1.rstd[0], "rstd, {what}");
+                        let (dx, dx1) = (g.dx.unwrap(), g1.dx.unwrap());
+                        assert_eq!(&dx[span.clone()], &dx1[..], "dx, {what}");
+                    });
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_row_gives_the_same_bits_at_any_alignment() {
     // The reduction order depends on the index within the row, never on the address.
