@@ -530,8 +530,9 @@ fn head_len<S: Simd, T>(y: &[T]) -> usize {
     y.as_ptr().align_offset(align).min(y.len())
 }
 
-/// `y[i..i + t]` of pass 2 (t < one vector), staged through buffers one vector long: the
-/// same vector arithmetic as the main loop (padding lanes are computed, never stored).
+/// `y[i..i + t]` of pass 2 (t < one vector), staged through buffers one vector long and run
+/// through [`normalize_vector`]: the same arithmetic as whole vectors (padding lanes are
+/// computed, never stored).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn normalize_staged<
@@ -550,19 +551,11 @@ fn normalize_staged<
     i: usize,
     t: usize,
 ) {
-    let wv = if W {
-        Some(P::load(s, &stage(weight, i, t)))
-    } else {
-        None
-    };
-    let bv = if B {
-        Some(P::load(s, &stage(bias, i, t)))
-    } else {
-        None
-    };
-    let v = apply(s, c, T::load(s, &stage(x, i, t)), wv, bv);
+    let none = [P::default(); MAX_LANES];
+    let wb = if W { stage(weight, i, t) } else { none };
+    let bb = if B { stage(bias, i, t) } else { none };
     let mut out = [T::default(); MAX_LANES];
-    T::store(s, &mut out, v);
+    normalize_vector::<S, T, P, W, B, false>(s, c, &stage(x, i, t), &wb, &bb, &mut out, 0);
     y[i..i + t].copy_from_slice(&out[..t]);
 }
 
