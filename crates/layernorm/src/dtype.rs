@@ -125,6 +125,12 @@ pub trait Element:
     fn round_from_f64(v: f64) -> Self {
         Self::narrow(Self::Compute::from_f64(v))
     }
+    /// The slice itself, if this is f32 (no conversion needed); `None` for the other types.
+    #[inline]
+    fn as_f32_slice(v: &[Self]) -> Option<&[f32]> {
+        let _ = v;
+        None
+    }
 }
 
 /// f64 → f32 rounding to odd: truncate, then set the last bit if anything was cut. Rounding
@@ -149,6 +155,10 @@ impl Element for f32 {
     type Compute = f32;
     const NAME: &'static str = "float32";
     const UNIT_ROUNDOFF: f64 = f32::EPSILON as f64 / 2.0;
+    #[inline]
+    fn as_f32_slice(v: &[f32]) -> Option<&[f32]> {
+        Some(v)
+    }
     #[inline(always)]
     fn widen(self) -> f32 {
         self

@@ -15,6 +15,8 @@ mod simd;
 
 pub(crate) use simd::max_cancellation;
 
+use std::borrow::Cow;
+
 use half::{bf16, f16};
 
 use crate::arch::{Isa, Storage};
@@ -103,7 +105,31 @@ impl<T: Element, P: Sync> RowSplit for ForwardBlock<'_, T, P> {
     }
 }
 
-impl<T: Element, P> ForwardBlock<'_, T, P> {
+impl<'a, T: Element, P> ForwardBlock<'a, T, P> {
+    /// The same block with other γ/β (of the same values).
+    fn with_params<'b, Q>(
+        self,
+        weight: Option<&'b [Q]>,
+        bias: Option<&'b [Q]>,
+    ) -> ForwardBlock<'b, T, Q>
+    where
+        'a: 'b,
+    {
+        ForwardBlock {
+            norm: self.norm,
+            cols: self.cols,
+            eps: self.eps,
+            stream: self.stream,
+            weight,
+            bias,
+            x: self.x,
+            residual: self.residual,
+            y: self.y,
+            mean: self.mean,
+            rstd: self.rstd,
+        }
+    }
+
     fn rows(&self) -> usize {
         self.x.len() / self.cols
     }
@@ -139,6 +165,32 @@ pub struct BackwardBlock<'a, T: Element, P = T> {
     /// Fused residual add: the upstream gradient of the sum, added to dx.
     pub(crate) dsum: Option<&'a [T]>,
     pub(crate) partials: &'a mut [f64],
+}
+
+impl<'a, T: Element, P> BackwardBlock<'a, T, P> {
+    /// The same block with another γ (of the same values).
+    fn with_weight<'b, Q>(self, weight: Option<&'b [Q]>) -> BackwardBlock<'b, T, Q>
+    where
+        'a: 'b,
+    {
+        BackwardBlock {
+            norm: self.norm,
+            cols: self.cols,
+            block_rows: self.block_rows,
+            partial_len: self.partial_len,
+            want_dweight: self.want_dweight,
+            want_dbias: self.want_dbias,
+            stream: self.stream,
+            weight,
+            x: self.x,
+            dy: self.dy,
+            mean: self.mean,
+            rstd: self.rstd,
+            dx: self.dx,
+            dsum: self.dsum,
+            partials: self.partials,
+        }
+    }
 }
 
 impl<T: Element, P: Sync> RowSplit for BackwardBlock<'_, T, P> {
@@ -214,14 +266,26 @@ impl<T: Element> ParamOf<T> for T {}
 impl ParamOf<f16> for f32 {}
 impl ParamOf<bf16> for f32 {}
 
+/// γ/β as f32 for the vector kernels: borrowed when they already are, widened once per block
+/// otherwise (exactly: f16 and bf16 are subsets of f32), so that the kernels convert no
+/// parameter in any row and are compiled for f32 parameters only.
+fn params_f32<P: Element<Compute = f32>>(p: Option<&[P]>) -> Option<Cow<'_, [f32]>> {
+    p.map(|p| match P::as_f32_slice(p) {
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned(p.iter().map(|&v| v.widen()).collect()),
+    })
+}
+
 macro_rules! vector_kernels {
     ($($t:ty),*) => {$(
         impl RowKernels for $t {
             fn forward_block<P: ParamOf<Self>>(isa: Isa, block: ForwardBlock<'_, Self, P>) {
-                isa.vectorize(simd::Forward(block))
+                let (w, b) = (params_f32(block.weight), params_f32(block.bias));
+                isa.vectorize(simd::Forward(block.with_params(w.as_deref(), b.as_deref())))
             }
             fn backward_block<P: ParamOf<Self>>(isa: Isa, block: BackwardBlock<'_, Self, P>) {
-                isa.vectorize(simd::Backward(block))
+                let w = params_f32(block.weight);
+                isa.vectorize(simd::Backward(block.with_weight(w.as_deref())))
             }
         }
     )*};
