@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: seeded random data, conversions through f64, and
 //! an elementwise closeness check that reports every bad index.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use layernorm::{Element, Float};
 use proptest::prelude::Rng;

@@ -1,9 +1,7 @@
 //! Bitwise determinism: the same bits with 1, 2, 3 and 7 threads and sequentially, and a row's
 //! outputs the same whether it is normalized alone or inside a batch of any size.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::{layer_norm, Affine, Element, GradMask, Gradients, Parallelism, Stats};
 
 type Outputs<T> = (Vec<T>, Stats<<T as Element>::Compute>, Gradients<T>);

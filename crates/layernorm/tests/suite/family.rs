@@ -32,9 +32,7 @@
 //! term of order 1 — a wrong variance convention, a missing centring term, a γ applied to the
 //! wrong channel — fails them by many orders of magnitude.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::batch_norm::{BatchNorm, RunningStats, RunningStatsMut};
 use layernorm::group_norm::{GroupNorm, InstanceNorm};
 use layernorm::{

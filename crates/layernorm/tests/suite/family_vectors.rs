@@ -9,11 +9,9 @@
 //! unit roundoff of the element type): that, not our accuracy, sets the tolerances here, as in
 //! `torch_vectors.rs`. Eval mode has no reduction: a few roundings per element.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use layernorm::batch_norm::{BatchNorm, RunningStats, RunningStatsMut};
 use layernorm::group_norm::{GroupNorm, InstanceNorm};
 use layernorm::layout::AxesLayout;

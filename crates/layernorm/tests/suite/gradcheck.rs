@@ -7,9 +7,7 @@
 //! these inputs. So 1e-7 (absolute and relative) is a tolerance the exact gradient meets and a
 //! wrong formula (off by a term of order 1) never does.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::{layer_norm, Affine, GradMask, Parallelism};
 
 const EPS: f64 = 1e-5;

@@ -1,8 +1,6 @@
 //! Mixed precision: f16/bf16 activations with f32 γ/β (and f32 dγ/dβ), on every ISA.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::reference::{
     layer_norm_backward, layer_norm_forward, layer_norm_stats, rms_norm_backward, rms_norm_forward,
 };

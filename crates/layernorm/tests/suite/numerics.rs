@@ -1,8 +1,6 @@
 //! Adversarial inputs: large offsets, constant rows, extreme magnitudes, NaN/Inf containment.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::reference::{layer_norm_backward, layer_norm_forward};
 use layernorm::{layer_norm, Affine, GradMask, Parallelism};
 

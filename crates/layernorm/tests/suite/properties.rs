@@ -1,8 +1,6 @@
 //! Property tests on random shapes, values, offsets and misaligned starts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::reference::layer_norm_forward;
 use layernorm::{layer_norm, Affine, GradMask, Parallelism};
 use proptest::prelude::*;

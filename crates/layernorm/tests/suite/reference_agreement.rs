@@ -6,9 +6,7 @@
 //! storage precision with unit roundoff u: x − μ_hi, − μ_lo, ·rstd, ·γ, +β — at most 5
 //! roundings, so 6u·(|x̂γ| + |β|) for y), plus the effect of f64 rounding in the mean.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::reference::{layer_norm_backward, layer_norm_forward, layer_norm_stats};
 use layernorm::{layer_norm, Affine, Element, GradMask, Parallelism};
 

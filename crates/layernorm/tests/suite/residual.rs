@@ -1,9 +1,7 @@
 //! Fused residual add + LayerNorm/RMSNorm: the same bits as the two steps done apart (forward),
 //! and the composed gradient plus the sum's own (backward), on every ISA and dtype.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::reference::{layer_norm_backward, rms_norm_backward};
 use layernorm::{layer_norm, rms_norm, Affine, Element, GradMask, Parallelism, Upstream};
 

@@ -3,9 +3,7 @@
 //! roundings in the storage precision (rstd to f32, ·rstd, ·γ, the store), so 6u·|x̂γ| covers
 //! it with the f64 mean-square's own error (≤ (n/8 + 3)·2^-53 relative) beside.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use layernorm::reference::{rms_norm_backward, rms_norm_forward};
 use layernorm::{rms_norm, Element, GradMask, Parallelism};
 

@@ -5,11 +5,9 @@
 //! so its error is up to about n·u·(1 + |μ|·rstd) of the row's scale: that, not our accuracy,
 //! sets the tolerance here. Our accuracy is checked against the f64 reference elsewhere.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use layernorm::{layer_norm, Affine, Element, GradMask, Parallelism};
 
 fn dir() -> PathBuf {
