@@ -131,6 +131,12 @@ pub trait Element:
         let _ = v;
         None
     }
+    /// The slice itself, if this is f64; `None` for the other types.
+    #[inline]
+    fn as_f64_slice(v: &[Self]) -> Option<&[f64]> {
+        let _ = v;
+        None
+    }
 }
 
 /// f64 → f32 rounding to odd: truncate, then set the last bit if anything was cut. Rounding
@@ -173,6 +179,10 @@ impl Element for f64 {
     type Compute = f64;
     const NAME: &'static str = "float64";
     const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
+    #[inline]
+    fn as_f64_slice(v: &[f64]) -> Option<&[f64]> {
+        Some(v)
+    }
     #[inline(always)]
     fn widen(self) -> f64 {
         self

@@ -105,31 +105,7 @@ impl<T: Element, P: Sync> RowSplit for ForwardBlock<'_, T, P> {
     }
 }
 
-impl<'a, T: Element, P> ForwardBlock<'a, T, P> {
-    /// The same block with other γ/β (of the same values).
-    fn with_params<'b, Q>(
-        self,
-        weight: Option<&'b [Q]>,
-        bias: Option<&'b [Q]>,
-    ) -> ForwardBlock<'b, T, Q>
-    where
-        'a: 'b,
-    {
-        ForwardBlock {
-            norm: self.norm,
-            cols: self.cols,
-            eps: self.eps,
-            stream: self.stream,
-            weight,
-            bias,
-            x: self.x,
-            residual: self.residual,
-            y: self.y,
-            mean: self.mean,
-            rstd: self.rstd,
-        }
-    }
-
+impl<T: Element, P> ForwardBlock<'_, T, P> {
     fn rows(&self) -> usize {
         self.x.len() / self.cols
     }
@@ -165,32 +141,6 @@ pub struct BackwardBlock<'a, T: Element, P = T> {
     /// Fused residual add: the upstream gradient of the sum, added to dx.
     pub(crate) dsum: Option<&'a [T]>,
     pub(crate) partials: &'a mut [f64],
-}
-
-impl<'a, T: Element, P> BackwardBlock<'a, T, P> {
-    /// The same block with another γ (of the same values).
-    fn with_weight<'b, Q>(self, weight: Option<&'b [Q]>) -> BackwardBlock<'b, T, Q>
-    where
-        'a: 'b,
-    {
-        BackwardBlock {
-            norm: self.norm,
-            cols: self.cols,
-            block_rows: self.block_rows,
-            partial_len: self.partial_len,
-            want_dweight: self.want_dweight,
-            want_dbias: self.want_dbias,
-            stream: self.stream,
-            weight,
-            x: self.x,
-            dy: self.dy,
-            mean: self.mean,
-            rstd: self.rstd,
-            dx: self.dx,
-            dsum: self.dsum,
-            partials: self.partials,
-        }
-    }
 }
 
 impl<T: Element, P: Sync> RowSplit for BackwardBlock<'_, T, P> {
@@ -247,12 +197,21 @@ impl<T: Element, P: Sync> RowSplit for BackwardBlock<'_, T, P> {
 
 /// Which kernel runs a block of this element type. Implemented for every [`Element`].
 pub trait RowKernels: Sized {
+    /// The γ/β type the kernels take: f32 for the types computed in f32 (f16/bf16 γ/β are
+    /// widened once per call by [`RowKernels::kernel_params`], so that no row converts a
+    /// parameter and the vector kernels are compiled for f32 parameters only), f64 for f64.
+    type Param: Element;
+    /// γ or β as [`RowKernels::Param`]: borrowed when it already is, widened (exactly)
+    /// otherwise.
+    fn kernel_params<P: ParamOf<Self>>(p: Option<&[P]>) -> Option<Cow<'_, [Self::Param]>>
+    where
+        Self: Element;
     /// Normalizes every row of `block`.
-    fn forward_block<P: ParamOf<Self>>(isa: Isa, block: ForwardBlock<'_, Self, P>)
+    fn forward_block(isa: Isa, block: ForwardBlock<'_, Self, Self::Param>)
     where
         Self: Element;
     /// Backward for every row of `block`, accumulating its dγ/dβ partials.
-    fn backward_block<P: ParamOf<Self>>(isa: Isa, block: BackwardBlock<'_, Self, P>)
+    fn backward_block(isa: Isa, block: BackwardBlock<'_, Self, Self::Param>)
     where
         Self: Element;
 }
@@ -266,26 +225,21 @@ impl<T: Element> ParamOf<T> for T {}
 impl ParamOf<f16> for f32 {}
 impl ParamOf<bf16> for f32 {}
 
-/// γ/β as f32 for the vector kernels: borrowed when they already are, widened once per block
-/// otherwise (exactly: f16 and bf16 are subsets of f32), so that the kernels convert no
-/// parameter in any row and are compiled for f32 parameters only.
-fn params_f32<P: Element<Compute = f32>>(p: Option<&[P]>) -> Option<Cow<'_, [f32]>> {
-    p.map(|p| match P::as_f32_slice(p) {
-        Some(v) => Cow::Borrowed(v),
-        None => Cow::Owned(p.iter().map(|&v| v.widen()).collect()),
-    })
-}
-
 macro_rules! vector_kernels {
     ($($t:ty),*) => {$(
         impl RowKernels for $t {
-            fn forward_block<P: ParamOf<Self>>(isa: Isa, block: ForwardBlock<'_, Self, P>) {
-                let (w, b) = (params_f32(block.weight), params_f32(block.bias));
-                isa.vectorize(simd::Forward(block.with_params(w.as_deref(), b.as_deref())))
+            type Param = f32;
+            fn kernel_params<P: ParamOf<Self>>(p: Option<&[P]>) -> Option<Cow<'_, [f32]>> {
+                p.map(|p| match P::as_f32_slice(p) {
+                    Some(v) => Cow::Borrowed(v),
+                    None => Cow::Owned(p.iter().map(|&v| v.widen()).collect()),
+                })
             }
-            fn backward_block<P: ParamOf<Self>>(isa: Isa, block: BackwardBlock<'_, Self, P>) {
-                let w = params_f32(block.weight);
-                isa.vectorize(simd::Backward(block.with_weight(w.as_deref())))
+            fn forward_block(isa: Isa, block: ForwardBlock<'_, Self, f32>) {
+                isa.vectorize(simd::Forward(block))
+            }
+            fn backward_block(isa: Isa, block: BackwardBlock<'_, Self, f32>) {
+                isa.vectorize(simd::Backward(block))
             }
         }
     )*};
@@ -293,10 +247,18 @@ macro_rules! vector_kernels {
 vector_kernels!(f32, f16, bf16);
 
 impl RowKernels for f64 {
-    fn forward_block<P: ParamOf<Self>>(_isa: Isa, block: ForwardBlock<'_, Self, P>) {
+    type Param = f64;
+    fn kernel_params<P: ParamOf<Self>>(p: Option<&[P]>) -> Option<Cow<'_, [f64]>> {
+        // (P is f64 itself: the only parameter type of f64 data.)
+        p.map(|p| match P::as_f64_slice(p) {
+            Some(v) => Cow::Borrowed(v),
+            None => Cow::Owned(p.iter().map(|&v| v.widen()).collect()),
+        })
+    }
+    fn forward_block(_isa: Isa, block: ForwardBlock<'_, Self, f64>) {
         portable::forward_block(block)
     }
-    fn backward_block<P: ParamOf<Self>>(_isa: Isa, block: BackwardBlock<'_, Self, P>) {
+    fn backward_block(_isa: Isa, block: BackwardBlock<'_, Self, f64>) {
         portable::backward_block(block)
     }
 }

@@ -54,13 +54,17 @@ pub(crate) fn forward<T: Element, P: ParamOf<T>>(
     if let Some(r) = &rstd {
         check_len(Operand::Rstd, shape.rows, r.len())?;
     }
+    let (weight, bias) = (
+        T::kernel_params(affine.weight),
+        T::kernel_params(affine.bias),
+    );
     let work = ForwardBlock {
         norm,
         cols: shape.cols,
         eps,
         stream: std::mem::size_of_val(y) >= *arch::STREAM_MIN_BYTES,
-        weight: affine.weight,
-        bias: affine.bias,
+        weight: weight.as_deref(),
+        bias: bias.as_deref(),
         x,
         residual,
         y,
@@ -70,7 +74,7 @@ pub(crate) fn forward<T: Element, P: ParamOf<T>>(
     let isa = arch::active();
     let blocks = Blocks::for_map(shape.rows, shape.cols);
     for_each_block(par, x.len(), blocks, work, &|block, _| {
-        T::forward_block::<P>(isa, block)
+        T::forward_block(isa, block)
     });
     Ok(())
 }
@@ -141,6 +145,7 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
         .dx
         .as_deref()
         .is_some_and(|dx| std::mem::size_of_val(dx) >= *arch::STREAM_MIN_BYTES);
+    let weight = T::kernel_params(weight);
     let work = BackwardBlock {
         norm,
         cols,
@@ -149,7 +154,7 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
         want_dweight: want_dw,
         want_dbias: want_db,
         stream,
-        weight,
+        weight: weight.as_deref(),
         x,
         dy,
         mean,
@@ -160,7 +165,7 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
     };
     let isa = arch::active();
     for_each_block(par, x.len(), blocks, work, &|block, _| {
-        T::backward_block::<P>(isa, block)
+        T::backward_block(isa, block)
     });
 
     // Combine the block partials in block order, into the first block's (so every column is
