@@ -462,18 +462,23 @@ fn normalize<
             while j + 2 * l <= nx.len() {
                 acc.step(s, nx, j);
                 j += 2 * l;
-                for _ in 0..2 {
-                    if i + l <= n {
-                        normalize_vector::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
-                        i += l;
-                    }
+                if i + 2 * l <= n {
+                    normalize_pair::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
+                    i += 2 * l;
+                } else if i + l <= n {
+                    normalize_vector::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
+                    i += l;
                 }
             }
             Some(acc.finish(s, nx, j))
         }
         None => None,
     };
-    while i + l <= n {
+    while i + 2 * l <= n {
+        normalize_pair::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
+        i += 2 * l;
+    }
+    if i + l <= n {
         normalize_vector::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
         i += l;
     }
@@ -502,6 +507,30 @@ fn normalize_vector<
     y: &mut [T],
     i: usize,
 ) {
+    let v = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i);
+    if NT {
+        T::stream(s, &mut y[i..], v);
+    } else {
+        T::store(s, &mut y[i..], v);
+    }
+}
+
+/// `y[i..i + LANES]` of pass 2, before the store.
+#[inline(always)]
+fn pass2_value<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Storage + Element<Compute = f32>,
+    const W: bool,
+    const B: bool,
+>(
+    s: S,
+    c: [S::F32; 3],
+    x: &[T],
+    weight: &[P],
+    bias: &[P],
+    i: usize,
+) -> S::F32 {
     let wv = if W {
         Some(P::load(s, &weight[i..]))
     } else {
@@ -512,12 +541,32 @@ fn normalize_vector<
     } else {
         None
     };
-    let v = apply(s, c, T::load(s, &x[i..]), wv, bv);
-    if NT {
-        T::stream(s, &mut y[i..], v);
-    } else {
-        T::store(s, &mut y[i..], v);
-    }
+    apply(s, c, T::load(s, &x[i..]), wv, bv)
+}
+
+/// `y[i..i + 2·LANES]` of pass 2: [`normalize_vector`] twice, stored together (the same bits;
+/// some types narrow two vectors more cheaply than one at a time).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn normalize_pair<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Storage + Element<Compute = f32>,
+    const W: bool,
+    const B: bool,
+    const NT: bool,
+>(
+    s: S,
+    c: [S::F32; 3],
+    x: &[T],
+    weight: &[P],
+    bias: &[P],
+    y: &mut [T],
+    i: usize,
+) {
+    let v0 = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i);
+    let v1 = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i + S::LANES);
+    T::store2::<S, NT>(s, &mut y[i..], [v0, v1]);
 }
 
 /// The elements of y before its first vector-aligned address (fewer than one vector; all of

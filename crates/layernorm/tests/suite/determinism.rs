@@ -2,7 +2,7 @@
 //! outputs the same whether it is normalized alone or inside a batch of any size.
 
 use crate::common::*;
-use layernorm::{layer_norm, Affine, Element, GradMask, Gradients, Parallelism, Stats};
+use layernorm::{bf16, layer_norm, Affine, Element, GradMask, Gradients, Parallelism, Stats};
 
 type Outputs<T> = (Vec<T>, Stats<<T as Element>::Compute>, Gradients<T>);
 
@@ -211,17 +211,32 @@ fn outputs_give_the_same_bits_wherever_they_start() {
     // on (with LAYERNORM_STREAM_MIN_BYTES=0, as CI runs the suite, on every output): the
     // elements before it and the tails take the same vector arithmetic, so where an output
     // starts changes no bit of it, nor of dγ/dβ. 2053 columns: rows go through backward pass
-    // 2 in groups of 4 (and one alone), with a tail.
+    // 2 in groups of 4 (and one alone), with a tail. Shifts of 0..32 elements put bf16
+    // outputs at every 64-byte alignment (AVX-512 stores bf16 two vectors at a time).
+    for kind in layernorm::cpu_info().available {
+        on_isa(kind, || {
+            same_bits_at_every_start::<f32>(kind, 16);
+            same_bits_at_every_start::<bf16>(kind, 32);
+        });
+    }
+}
+
+fn same_bits_at_every_start<T: Element>(kind: layernorm::IsaKind, shifts: usize) {
     let (rows, cols) = (5, 2053);
     let mut rng = Rand::new(29);
-    let x: Vec<f32> = rng.normals(rows * cols, 2.0, 1.5);
-    let dy: Vec<f32> = rng.normals(rows * cols, 0.0, 1.0);
-    let w: Vec<f32> = rng.normals(cols, 1.0, 0.3);
-    let b: Vec<f32> = rng.normals(cols, 0.0, 0.3);
+    let x: Vec<T> = rng.normals(rows * cols, 2.0, 1.5);
+    let dy: Vec<T> = rng.normals(rows * cols, 0.0, 1.0);
+    let w: Vec<T> = rng.normals(cols, 1.0, 0.3);
+    let b: Vec<T> = rng.normals(cols, 0.0, 0.3);
     let n = rows * cols;
+    let zero = T::default();
     let at = |shift: usize| {
         let par = Parallelism::Sequential;
-        let (mut y, mut mean, mut rstd) = (vec![0.0f32; n + 16], vec![0.0; rows], vec![0.0; rows]);
+        let (mut y, mut mean, mut rstd) = (
+            vec![zero; n + shifts],
+            vec![Default::default(); rows],
+            vec![Default::default(); rows],
+        );
         let stats = layernorm::StatsMut {
             mean: &mut mean,
             rstd: &mut rstd,
@@ -229,7 +244,7 @@ fn outputs_give_the_same_bits_wherever_they_start() {
         let affine = Affine::scale_shift(&w, &b);
         let y_out = &mut y[shift..shift + n];
         layer_norm::forward_into(&x, cols, affine, 1e-5, y_out, Some(stats), par).unwrap();
-        let (mut dx, mut dw, mut db) = (vec![0.0f32; n + 16], vec![0.0; cols], vec![0.0; cols]);
+        let (mut dx, mut dw, mut db) = (vec![zero; n + shifts], vec![zero; cols], vec![zero; cols]);
         let grads = layernorm::GradsMut {
             dx: Some(&mut dx[shift..shift + n]),
             dweight: Some(&mut dw),
@@ -240,19 +255,20 @@ fn outputs_give_the_same_bits_wherever_they_start() {
             rstd: &rstd,
         };
         layer_norm::backward_into(&dy, &x, cols, stats, Some(&w), grads, par).unwrap();
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        // PartialEq on floats: bitwise for everything but NaN, and there is none here.
         (
-            bits(&y[shift..shift + n]),
-            bits(&dx[shift..shift + n]),
-            bits(&dw),
-            bits(&db),
+            y[shift..shift + n].to_vec(),
+            dx[shift..shift + n].to_vec(),
+            dw,
+            db,
         )
     };
     let first = at(0);
-    for shift in 1..16 {
+    for shift in 1..shifts {
         assert!(
             at(shift) == first,
-            "outputs moved by {shift} elements differ"
+            "{kind:?} {}: outputs moved by {shift} elements differ",
+            T::NAME
         );
     }
 }
