@@ -49,40 +49,33 @@ fn prefetches<T>(cols: usize, _: &[T]) -> bool {
 }
 
 /// A forward block, to run with an ISA.
-pub(crate) struct Forward<'a, T: Element, P>(pub ForwardBlock<'a, T, P>);
+pub(crate) struct Forward<'a, T: Element>(pub ForwardBlock<'a, T, f32>);
 
 /// A backward block, to run with an ISA.
-pub(crate) struct Backward<'a, T: Element, P>(pub BackwardBlock<'a, T, P>);
+pub(crate) struct Backward<'a, T: Element>(pub BackwardBlock<'a, T, f32>);
 
-impl<T: Element<Compute = f32> + Storage, P: Element<Compute = f32> + Storage> WithSimd
-    for Forward<'_, T, P>
-{
+impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         match self.0.norm {
-            Norm::Layer => forward_rows::<S, T, P, true>(s, self.0),
-            Norm::Rms => forward_rows::<S, T, P, false>(s, self.0),
+            Norm::Layer => forward_rows::<S, T, true>(s, self.0),
+            Norm::Rms => forward_rows::<S, T, false>(s, self.0),
         }
     }
 }
 
 /// Every row of a forward block; `CENTER`: LayerNorm (true) or RMSNorm (false).
 #[inline(always)]
-fn forward_rows<
-    S: Simd,
-    T: Element<Compute = f32> + Storage,
-    P: Element<Compute = f32> + Storage,
-    const CENTER: bool,
->(
+fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool>(
     s: S,
-    mut block: ForwardBlock<'_, T, P>,
+    mut block: ForwardBlock<'_, T, f32>,
 ) {
     let cols = block.cols;
     let rows = block.rows();
     if block.residual.is_none() {
-        return forward_rows_pipelined::<S, T, P, CENTER>(s, block);
+        return forward_rows_pipelined::<S, T, CENTER>(s, block);
     }
     for r in 0..rows {
         let span = r * cols..(r + 1) * cols;
@@ -102,9 +95,9 @@ fn forward_rows<
         let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
             let (w, b) = (block.weight, block.bias);
             if block.stream {
-                normalize_affine::<S, T, P, true>(s, x, w, b, stats, y, None);
+                normalize_affine::<S, T, true>(s, x, w, b, stats, y, None);
             } else {
-                normalize_affine::<S, T, P, false>(s, x, w, b, stats, y, None);
+                normalize_affine::<S, T, false>(s, x, w, b, stats, y, None);
             }
             stats
         } else {
@@ -125,14 +118,9 @@ fn forward_rows<
 /// through the same vectors in the same order as in [`row_stats`]: the results are
 /// identical.
 #[inline(always)]
-fn forward_rows_pipelined<
-    S: Simd,
-    T: Element<Compute = f32> + Storage,
-    P: Element<Compute = f32> + Storage,
-    const CENTER: bool,
->(
+fn forward_rows_pipelined<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool>(
     s: S,
-    mut block: ForwardBlock<'_, T, P>,
+    mut block: ForwardBlock<'_, T, f32>,
 ) {
     let (cols, rows, eps) = (block.cols, block.rows(), block.eps);
     let x = block.x;
@@ -155,9 +143,9 @@ fn forward_rows_pipelined<
         let (w, b) = (block.weight, block.bias);
         let (stats, sums) = if in_safe_range::<f32>(stats.mean, stats.rstd) {
             let sums = if block.stream {
-                normalize_affine::<S, T, P, true>(s, row(r), w, b, stats, y, following)
+                normalize_affine::<S, T, true>(s, row(r), w, b, stats, y, following)
             } else {
-                normalize_affine::<S, T, P, false>(s, row(r), w, b, stats, y, following)
+                normalize_affine::<S, T, false>(s, row(r), w, b, stats, y, following)
             };
             (stats, sums)
         } else {
@@ -202,25 +190,20 @@ fn add_row<S: Simd, T: Storage + Element<Compute = f32>>(
 /// Pass 2 of a row, with γ/β as given; with `next` (a row and its pivot), pass 1 of that
 /// row in the same loop, whose sums it returns.
 #[inline(always)]
-fn normalize_affine<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
-    const NT: bool,
->(
+fn normalize_affine<S: Simd, T: Storage + Element<Compute = f32>, const NT: bool>(
     s: S,
     x: &[T],
-    weight: Option<&[P]>,
-    bias: Option<&[P]>,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
     stats: RowStats,
     y: &mut [T],
     next: Option<(&[T], f64)>,
 ) -> Option<(f64, f64)> {
     match (weight, bias) {
-        (None, None) => normalize::<S, T, P, false, false, NT>(s, x, &[], &[], stats, y, next),
-        (Some(w), None) => normalize::<S, T, P, true, false, NT>(s, x, w, &[], stats, y, next),
-        (None, Some(b)) => normalize::<S, T, P, false, true, NT>(s, x, &[], b, stats, y, next),
-        (Some(w), Some(b)) => normalize::<S, T, P, true, true, NT>(s, x, w, b, stats, y, next),
+        (None, None) => normalize::<S, T, false, false, NT>(s, x, &[], &[], stats, y, next),
+        (Some(w), None) => normalize::<S, T, true, false, NT>(s, x, w, &[], stats, y, next),
+        (None, Some(b)) => normalize::<S, T, false, true, NT>(s, x, &[], b, stats, y, next),
+        (Some(w), Some(b)) => normalize::<S, T, true, true, NT>(s, x, w, b, stats, y, next),
     }
 }
 
@@ -430,15 +413,14 @@ fn apply<S: Simd>(
 fn normalize<
     S: Simd,
     T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
     const W: bool,
     const B: bool,
     const NT: bool,
 >(
     s: S,
     x: &[T],
-    weight: &[P],
-    bias: &[P],
+    weight: &[f32],
+    bias: &[f32],
     stats: RowStats,
     y: &mut [T],
     next: Option<(&[T], f64)>,
@@ -452,7 +434,7 @@ fn normalize<
     // takes the same vector arithmetic, so where y starts never changes a result.
     let head = if NT { head_len::<S, T>(y) } else { 0 };
     if head > 0 {
-        normalize_staged::<S, T, P, W, B>(s, c, x, weight, bias, y, 0, head);
+        normalize_staged::<S, T, W, B>(s, c, x, weight, bias, y, 0, head);
     }
     let mut i = head;
     let sums = match next {
@@ -463,10 +445,10 @@ fn normalize<
                 acc.step(s, nx, j);
                 j += 2 * l;
                 if i + 2 * l <= n {
-                    normalize_pair::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
+                    normalize_pair::<S, T, W, B, NT>(s, c, x, weight, bias, y, i);
                     i += 2 * l;
                 } else if i + l <= n {
-                    normalize_vector::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
+                    normalize_vector::<S, T, W, B, NT>(s, c, x, weight, bias, y, i);
                     i += l;
                 }
             }
@@ -475,15 +457,15 @@ fn normalize<
         None => None,
     };
     while i + 2 * l <= n {
-        normalize_pair::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
+        normalize_pair::<S, T, W, B, NT>(s, c, x, weight, bias, y, i);
         i += 2 * l;
     }
     if i + l <= n {
-        normalize_vector::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
+        normalize_vector::<S, T, W, B, NT>(s, c, x, weight, bias, y, i);
         i += l;
     }
     if i < n {
-        normalize_staged::<S, T, P, W, B>(s, c, x, weight, bias, y, i, n - i);
+        normalize_staged::<S, T, W, B>(s, c, x, weight, bias, y, i, n - i);
     }
     sums
 }
@@ -494,7 +476,6 @@ fn normalize<
 fn normalize_vector<
     S: Simd,
     T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
     const W: bool,
     const B: bool,
     const NT: bool,
@@ -502,12 +483,12 @@ fn normalize_vector<
     s: S,
     c: [S::F32; 3],
     x: &[T],
-    weight: &[P],
-    bias: &[P],
+    weight: &[f32],
+    bias: &[f32],
     y: &mut [T],
     i: usize,
 ) {
-    let v = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i);
+    let v = pass2_value::<S, T, W, B>(s, c, x, weight, bias, i);
     if NT {
         T::stream(s, &mut y[i..], v);
     } else {
@@ -517,27 +498,21 @@ fn normalize_vector<
 
 /// `y[i..i + LANES]` of pass 2, before the store.
 #[inline(always)]
-fn pass2_value<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
-    const W: bool,
-    const B: bool,
->(
+fn pass2_value<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const B: bool>(
     s: S,
     c: [S::F32; 3],
     x: &[T],
-    weight: &[P],
-    bias: &[P],
+    weight: &[f32],
+    bias: &[f32],
     i: usize,
 ) -> S::F32 {
     let wv = if W {
-        Some(P::load(s, &weight[i..]))
+        Some(s.load_f32(&weight[i..]))
     } else {
         None
     };
     let bv = if B {
-        Some(P::load(s, &bias[i..]))
+        Some(s.load_f32(&bias[i..]))
     } else {
         None
     };
@@ -551,7 +526,6 @@ fn pass2_value<
 fn normalize_pair<
     S: Simd,
     T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
     const W: bool,
     const B: bool,
     const NT: bool,
@@ -559,13 +533,13 @@ fn normalize_pair<
     s: S,
     c: [S::F32; 3],
     x: &[T],
-    weight: &[P],
-    bias: &[P],
+    weight: &[f32],
+    bias: &[f32],
     y: &mut [T],
     i: usize,
 ) {
-    let v0 = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i);
-    let v1 = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i + S::LANES);
+    let v0 = pass2_value::<S, T, W, B>(s, c, x, weight, bias, i);
+    let v1 = pass2_value::<S, T, W, B>(s, c, x, weight, bias, i + S::LANES);
     T::store2::<S, NT>(s, &mut y[i..], [v0, v1]);
 }
 
@@ -584,42 +558,34 @@ fn head_len<S: Simd, T>(y: &[T]) -> usize {
 /// computed, never stored).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn normalize_staged<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
-    const W: bool,
-    const B: bool,
->(
+fn normalize_staged<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const B: bool>(
     s: S,
     c: [S::F32; 3],
     x: &[T],
-    weight: &[P],
-    bias: &[P],
+    weight: &[f32],
+    bias: &[f32],
     y: &mut [T],
     i: usize,
     t: usize,
 ) {
-    let none = [P::default(); MAX_LANES];
+    let none = [0.0f32; MAX_LANES];
     let wb = if W { stage(weight, i, t) } else { none };
     let bb = if B { stage(bias, i, t) } else { none };
     let mut out = [T::default(); MAX_LANES];
-    normalize_vector::<S, T, P, W, B, false>(s, c, &stage(x, i, t), &wb, &bb, &mut out, 0);
+    normalize_vector::<S, T, W, B, false>(s, c, &stage(x, i, t), &wb, &bb, &mut out, 0);
     y[i..i + t].copy_from_slice(&out[..t]);
 }
 
-impl<T: Element<Compute = f32> + Storage, P: Element<Compute = f32> + Storage> WithSimd
-    for Backward<'_, T, P>
-{
+impl<T: Element<Compute = f32> + Storage> WithSimd for Backward<'_, T> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         match (self.0.norm, self.0.weight.is_some()) {
-            (Norm::Layer, true) => backward_rows::<S, T, P, true, true>(s, self.0),
-            (Norm::Layer, false) => backward_rows::<S, T, P, true, false>(s, self.0),
-            (Norm::Rms, true) => backward_rows::<S, T, P, false, true>(s, self.0),
-            (Norm::Rms, false) => backward_rows::<S, T, P, false, false>(s, self.0),
+            (Norm::Layer, true) => backward_rows::<S, T, true, true>(s, self.0),
+            (Norm::Layer, false) => backward_rows::<S, T, true, false>(s, self.0),
+            (Norm::Rms, true) => backward_rows::<S, T, false, true>(s, self.0),
+            (Norm::Rms, false) => backward_rows::<S, T, false, false>(s, self.0),
         }
     }
 }
@@ -632,12 +598,11 @@ impl<T: Element<Compute = f32> + Storage, P: Element<Compute = f32> + Storage> W
 fn backward_rows<
     S: Simd,
     T: Element<Compute = f32> + Storage,
-    P: Element<Compute = f32> + Storage,
     const CENTER: bool,
     const W: bool,
 >(
     s: S,
-    block: BackwardBlock<'_, T, P>,
+    block: BackwardBlock<'_, T, f32>,
 ) {
     let BackwardBlock {
         cols,
@@ -674,7 +639,7 @@ fn backward_rows<
     if cols < GROUP_MIN_COLS {
         prefetch_rows(1, 1);
         let mut next =
-            backward_terms::<S, T, P, CENTER, W>(s, &x[row(0)], &dy[row(0)], weight, stats(0));
+            backward_terms::<S, T, CENTER, W>(s, &x[row(0)], &dy[row(0)], weight, stats(0));
         for r in 0..rows {
             prefetch_rows(r + 2, 1);
             let span = row(r);
@@ -690,11 +655,11 @@ fn backward_rows<
                 (Some(t), Some(f)) => {
                     let mut ahead =
                         Ahead::new(s, [&x[f.clone()]], [&dy[f]], [stats(r + 1)], CENTER);
-                    pass2_row::<S, T, P, W>(s, xr, dyr, weight, t, out, stream, Some(&mut ahead));
-                    ahead.finish::<P, W>(s, weight)[0]
+                    pass2_row::<S, T, W>(s, xr, dyr, weight, t, out, stream, Some(&mut ahead));
+                    ahead.finish::<W>(s, weight)[0]
                 }
                 (Some(t), None) => {
-                    pass2_row::<S, T, P, W>(s, xr, dyr, weight, t, out, stream, None);
+                    pass2_row::<S, T, W>(s, xr, dyr, weight, t, out, stream, None);
                     None
                 }
                 (None, _) => {
@@ -704,7 +669,7 @@ fn backward_rows<
                     // (A match, not `Option::map`: closures do not inherit the ISA's target
                     // features.)
                     match following {
-                        Some(f) => backward_terms::<S, T, P, CENTER, W>(
+                        Some(f) => backward_terms::<S, T, CENTER, W>(
                             s,
                             &x[f.clone()],
                             &dy[f],
@@ -739,7 +704,7 @@ fn backward_rows<
         if !terms_ready {
             for (k, t) in terms.iter_mut().enumerate().take(group) {
                 let span = row(r + k);
-                *t = backward_terms::<S, T, P, CENTER, W>(
+                *t = backward_terms::<S, T, CENTER, W>(
                     s,
                     &x[span.clone()],
                     &dy[span],
@@ -772,11 +737,11 @@ fn backward_rows<
                     std::array::from_fn(|k| stats(end + k)),
                     CENTER,
                 );
-                pass2::<S, T, P, W, GROUP>(s, lanes, weight, dw, db, stream, Some(&mut ahead));
-                terms = ahead.finish::<P, W>(s, weight);
+                pass2::<S, T, W, GROUP>(s, lanes, weight, dw, db, stream, Some(&mut ahead));
+                terms = ahead.finish::<W>(s, weight);
                 terms_ready = true;
             } else {
-                pass2::<S, T, P, W, GROUP>(s, lanes, weight, dw, db, stream, None);
+                pass2::<S, T, W, GROUP>(s, lanes, weight, dw, db, stream, None);
             }
         } else {
             let mut dxs = block_dx.map(|d| d.chunks_exact_mut(cols));
@@ -791,9 +756,9 @@ fn backward_rows<
                 };
                 let (xr, dyr) = (&x[span.clone()], &dy[span]);
                 match t {
-                    Some(t) => pass2_row::<S, T, P, W>(s, xr, dyr, weight, *t, out, stream, None),
+                    Some(t) => pass2_row::<S, T, W>(s, xr, dyr, weight, *t, out, stream, None),
                     // Outside f32's safe range: the f64 path, pass 1 included.
-                    None => backward_row::<S, T, P, CENTER, W>(
+                    None => backward_row::<S, T, CENTER, W>(
                         s,
                         xr,
                         dyr,
@@ -811,23 +776,17 @@ fn backward_rows<
 
 /// Backward of one row: pass 1, then pass 2 in f32, or the f64 path outside f32's range.
 #[inline(always)]
-fn backward_row<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
-    const CENTER: bool,
-    const W: bool,
->(
+fn backward_row<S: Simd, T: Storage + Element<Compute = f32>, const CENTER: bool, const W: bool>(
     s: S,
     x: &[T],
     dy: &[T],
-    weight: &[P],
+    weight: &[f32],
     stats: (f64, f64),
     out: RowGrads<'_, T>,
     stream: bool,
 ) {
-    match backward_terms::<S, T, P, CENTER, W>(s, x, dy, weight, stats) {
-        Some(t) => pass2_row::<S, T, P, W>(s, x, dy, weight, t, out, stream, None),
+    match backward_terms::<S, T, CENTER, W>(s, x, dy, weight, stats) {
+        Some(t) => pass2_row::<S, T, W>(s, x, dy, weight, t, out, stream, None),
         None => {
             let norm = if CENTER { Norm::Layer } else { Norm::Rms };
             portable::backward_row(x, dy, W.then_some(weight), stats, out, norm);
@@ -872,23 +831,22 @@ struct Lane<'a, T> {
 fn backward_terms<
     S: Simd,
     T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
     const CENTER: bool,
     const W: bool,
 >(
     s: S,
     x: &[T],
     dy: &[T],
-    weight: &[P],
+    weight: &[f32],
     stats: (f64, f64),
 ) -> Option<Pass2> {
     let mut acc = TermSums::new(s);
     let mut i = 0;
     while i + S::LANES <= x.len() {
-        acc.step::<T, P, W>(s, x, dy, weight, stats.0, i);
+        acc.step::<T, W>(s, x, dy, weight, stats.0, i);
         i += S::LANES;
     }
-    acc.finish::<T, P, W>(s, x, dy, weight, i, stats, CENTER)
+    acc.finish::<T, W>(s, x, dy, weight, i, stats, CENTER)
 }
 
 /// The running sums of backward pass 1 (two accumulators each for Σd, Σg, Σg·d), fed one
@@ -912,16 +870,12 @@ impl<S: Simd> TermSums<S> {
 
     /// Adds columns `i..i + LANES`.
     #[inline(always)]
-    fn step<
-        T: Storage + Element<Compute = f32>,
-        P: Storage + Element<Compute = f32>,
-        const W: bool,
-    >(
+    fn step<T: Storage + Element<Compute = f32>, const W: bool>(
         &mut self,
         s: S,
         x: &[T],
         dy: &[T],
-        weight: &[P],
+        weight: &[f32],
         mean: f64,
         i: usize,
     ) {
@@ -929,7 +883,7 @@ impl<S: Simd> TermSums<S> {
         let xs = s.widen(T::load(s, &x[i..]));
         let dys = s.widen(T::load(s, &dy[i..]));
         let gs = if W {
-            let w = s.widen(P::load(s, &weight[i..]));
+            let w = s.widen(s.load_f32(&weight[i..]));
             [s.mul64(dys[0], w[0]), s.mul64(dys[1], w[1])]
         } else {
             dys
@@ -946,16 +900,12 @@ impl<S: Simd> TermSums<S> {
     /// [`backward_terms`]).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn finish<
-        T: Storage + Element<Compute = f32>,
-        P: Storage + Element<Compute = f32>,
-        const W: bool,
-    >(
+    fn finish<T: Storage + Element<Compute = f32>, const W: bool>(
         self,
         s: S,
         x: &[T],
         dy: &[T],
-        weight: &[P],
+        weight: &[f32],
         i: usize,
         (mean, rstd): (f64, f64),
         center: bool,
@@ -1026,25 +976,19 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
     /// Up to `steps` more vectors of pass 1 (a row's last elements, with its constants, count
     /// as one step).
     #[inline(always)]
-    fn advance<P: Storage + Element<Compute = f32>, const W: bool>(
-        &mut self,
-        s: S,
-        weight: &[P],
-        steps: usize,
-    ) {
+    fn advance<const W: bool>(&mut self, s: S, weight: &[f32], steps: usize) {
         for _ in 0..steps {
             if self.row == R {
                 return;
             }
             let (x, dy, stats) = (self.x[self.row], self.dy[self.row], self.stats[self.row]);
             if self.col + S::LANES <= x.len() {
-                self.acc
-                    .step::<T, P, W>(s, x, dy, weight, stats.0, self.col);
+                self.acc.step::<T, W>(s, x, dy, weight, stats.0, self.col);
                 self.col += S::LANES;
             } else {
                 let acc = std::mem::replace(&mut self.acc, TermSums::new(s));
                 self.terms[self.row] =
-                    acc.finish::<T, P, W>(s, x, dy, weight, self.col, stats, self.center);
+                    acc.finish::<T, W>(s, x, dy, weight, self.col, stats, self.center);
                 self.row += 1;
                 self.col = 0;
             }
@@ -1053,12 +997,8 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
 
     /// The rest of pass 1; the constants of pass 2 of each row.
     #[inline(always)]
-    fn finish<P: Storage + Element<Compute = f32>, const W: bool>(
-        mut self,
-        s: S,
-        weight: &[P],
-    ) -> [Option<Pass2>; R] {
-        self.advance::<P, W>(s, weight, usize::MAX);
+    fn finish<const W: bool>(mut self, s: S, weight: &[f32]) -> [Option<Pass2>; R] {
+        self.advance::<W>(s, weight, usize::MAX);
         self.terms
     }
 }
@@ -1066,16 +1006,11 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
 /// Backward pass 2, in f32, for one row: [`pass2`] with a group of one.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pass2_row<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
-    const W: bool,
->(
+fn pass2_row<S: Simd, T: Storage + Element<Compute = f32>, const W: bool>(
     s: S,
     x: &[T],
     dy: &[T],
-    weight: &[P],
+    weight: &[f32],
     terms: Pass2,
     out: RowGrads<'_, T>,
     stream: bool,
@@ -1088,7 +1023,7 @@ fn pass2_row<
         dx: out.dx,
         terms,
     };
-    pass2::<S, T, P, W, 1>(s, [lane], weight, out.dweight, out.dbias, stream, ahead);
+    pass2::<S, T, W, 1>(s, [lane], weight, out.dweight, out.dbias, stream, ahead);
 }
 
 /// Backward pass 2, in f32, for `R` rows at once: `dx = rstd·g − (x̂·c_x + c_g)` per row,
@@ -1098,16 +1033,10 @@ fn pass2_row<
 /// go through [`pass2_staged`], which runs the same vector arithmetic, so no result depends
 /// on alignment.
 #[inline(always)]
-fn pass2<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
-    const W: bool,
-    const R: usize,
->(
+fn pass2<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const R: usize>(
     s: S,
     mut lanes: [Lane<'_, T>; R],
-    weight: &[P],
+    weight: &[f32],
     mut dweight: Option<&mut [f64]>,
     mut dbias: Option<&mut [f64]>,
     stream: bool,
@@ -1120,29 +1049,23 @@ fn pass2<
     };
     if head > 0 {
         let (dw, db) = (dweight.as_deref_mut(), dbias.as_deref_mut());
-        pass2_staged::<S, T, P, W, R>(s, &mut lanes, weight, dw, db, 0..head);
+        pass2_staged::<S, T, W, R>(s, &mut lanes, weight, dw, db, 0..head);
     }
     let end = head + (n - head) / l * l;
     let (dw, db) = (dweight.as_deref_mut(), dbias.as_deref_mut());
-    pass2_span::<S, T, P, W, R>(s, &mut lanes, weight, dw, db, head..end, stream, ahead);
+    pass2_span::<S, T, W, R>(s, &mut lanes, weight, dw, db, head..end, stream, ahead);
     if end < n {
-        pass2_staged::<S, T, P, W, R>(s, &mut lanes, weight, dweight, dbias, end..n);
+        pass2_staged::<S, T, W, R>(s, &mut lanes, weight, dweight, dbias, end..n);
     }
 }
 
 /// Pass 2 over `span`, whole vectors (its length is a multiple of `LANES`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pass2_span<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
-    const W: bool,
-    const R: usize,
->(
+fn pass2_span<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const R: usize>(
     s: S,
     lanes: &mut [Lane<'_, T>; R],
-    weight: &[P],
+    weight: &[f32],
     mut dweight: Option<&mut [f64]>,
     mut dbias: Option<&mut [f64]>,
     span: std::ops::Range<usize>,
@@ -1165,7 +1088,7 @@ fn pass2_span<
     let mut i = span.start;
     while i + l <= span.end {
         let wv = if W {
-            Some(P::load(s, &weight[i..]))
+            Some(s.load_f32(&weight[i..]))
         } else {
             None
         };
@@ -1206,7 +1129,7 @@ fn pass2_span<
             accumulate(s, &mut db[i..], ab);
         }
         if let Some(ahead) = ahead.as_deref_mut() {
-            ahead.advance::<P, W>(s, weight, R);
+            ahead.advance::<W>(s, weight, R);
         }
         i += l;
     }
@@ -1216,16 +1139,10 @@ fn pass2_span<
 /// run through [`pass2_span`]: the same arithmetic as whole vectors (padding lanes are
 /// computed, never stored).
 #[inline(always)]
-fn pass2_staged<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    P: Storage + Element<Compute = f32>,
-    const W: bool,
-    const R: usize,
->(
+fn pass2_staged<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const R: usize>(
     s: S,
     lanes: &mut [Lane<'_, T>; R],
-    weight: &[P],
+    weight: &[f32],
     dweight: Option<&mut [f64]>,
     dbias: Option<&mut [f64]>,
     span: std::ops::Range<usize>,
@@ -1245,7 +1162,7 @@ fn pass2_staged<
     let wb = if W {
         stage(weight, i, t)
     } else {
-        [P::default(); MAX_LANES]
+        [0.0f32; MAX_LANES]
     };
     let dwb = dweight.as_deref().map(|dw| stage(dw, i, t));
     let dbb = dbias.as_deref().map(|db| stage(db, i, t));
@@ -1264,7 +1181,7 @@ fn pass2_staged<
         });
         let dw = dweight.is_some().then_some(&mut dwb[..]);
         let db = dbias.is_some().then_some(&mut dbb[..]);
-        pass2_span::<S, T, P, W, R>(s, &mut staged, &wb, dw, db, 0..S::LANES, false, None);
+        pass2_span::<S, T, W, R>(s, &mut staged, &wb, dw, db, 0..S::LANES, false, None);
     }
     for (lane, out) in lanes.iter_mut().zip(&dxb) {
         if let Some(dx) = lane.dx.as_deref_mut() {
