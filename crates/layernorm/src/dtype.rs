@@ -126,12 +126,15 @@ pub trait Element:
         Self::narrow(Self::Compute::from_f64(v))
     }
     /// The slice itself, if this is f32 (no conversion needed); `None` for the other types.
+    /// (For the kernels' parameter hand-off; not part of the API.)
+    #[doc(hidden)]
     #[inline]
     fn as_f32_slice(v: &[Self]) -> Option<&[f32]> {
         let _ = v;
         None
     }
     /// The slice itself, if this is f64; `None` for the other types.
+    #[doc(hidden)]
     #[inline]
     fn as_f64_slice(v: &[Self]) -> Option<&[f64]> {
         let _ = v;
