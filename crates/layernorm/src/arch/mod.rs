@@ -173,27 +173,53 @@ pub(crate) fn stream_copy<T: Storage>(src: &[T], dst: &mut [T]) {
     dst.copy_from_slice(src);
 }
 
-/// Asks the CPU to start loading `data` into L1 (a hint: it never faults and may be ignored).
-/// The kernels call it for the next row while they work on the current one, so the memory
-/// stream keeps flowing through the row's arithmetic.
+/// Asks the CPU to start loading into L1 the cache lines that begin inside `data[range]`,
+/// and the line holding `data[0]` when the range starts the slice (a hint: it never faults
+/// and may be ignored; the range is clamped to the slice). A reader that walks a slice in
+/// consecutive ranges thus asks for each line once.
 #[inline(always)]
-pub(crate) fn prefetch<T>(data: &[T]) {
+pub(crate) fn prefetch<T>(data: &[T], range: std::ops::Range<usize>) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let bytes = std::mem::size_of_val(data);
-        let base = data.as_ptr().cast::<i8>();
-        for offset in (0..bytes).step_by(64) {
-            // SAFETY: `base + offset` lies inside `data` (offset < its size); prefetch needs
-            // only SSE, part of the x86-64 baseline, and never faults.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    base.add(offset),
-                )
-            };
-        }
+    for offset in line_offsets(
+        data.as_ptr() as usize,
+        std::mem::size_of::<T>(),
+        data.len(),
+        range,
+    ) {
+        // SAFETY: `line_offsets` yields byte offsets below `size_of_val(data)`: the address
+        // lies inside `data`. Prefetch needs only SSE, part of the x86-64 baseline, and never
+        // faults.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                data.as_ptr().cast::<i8>().add(offset),
+            )
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
+    let _ = (data, range);
+}
+
+/// The byte offsets, from `base`, of the lines [`prefetch`] asks for: of a slice at address
+/// `base` holding `len` elements of `size` bytes, the 64-byte lines that begin inside
+/// elements `range` (clamped to the slice), and `base` itself when the range starts at 0.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[inline(always)]
+fn line_offsets(
+    base: usize,
+    size: usize,
+    len: usize,
+    range: std::ops::Range<usize>,
+) -> impl Iterator<Item = usize> {
+    const LINE: usize = 64;
+    let end = base + range.end.min(len) * size;
+    let first = if range.start == 0 {
+        base
+    } else {
+        (base + range.start * size).next_multiple_of(LINE)
+    };
+    std::iter::successors(Some(first), |&line| Some((line / LINE + 1) * LINE))
+        .take_while(move |&line| line < end)
+        .map(move |line| line - base)
 }
 
 /// A storage type with vector loads and stores: f32, f16 and bf16 (all computed in f32).
@@ -512,6 +538,37 @@ mod tests {
                     .iter()
                     .chain(&dst[offset + len..])
                     .all(|v| *v == f16::ZERO));
+            }
+        }
+    }
+
+    /// A reader walking a slice in consecutive ranges asks for every line the slice touches
+    /// exactly once, in order, and never for an address outside the slice.
+    #[test]
+    fn prefetch_asks_for_each_line_once() {
+        for size in [2, 4] {
+            for misalign in [0, 2, 4, 30, 62] {
+                let base = 4096 + misalign;
+                for len in [0, 1, 7, 16, 33, 100, 1000] {
+                    for step in [1, 8, 16, 32, 50] {
+                        let mut asked = Vec::new();
+                        let mut i = 0;
+                        while i < len + step {
+                            asked.extend(super::line_offsets(base, size, len, i..i + step));
+                            i += step;
+                        }
+                        // The lines the slice touches, as offsets from base (the first one
+                        // at base itself).
+                        let bytes = len * size;
+                        let expected: Vec<usize> = (0..bytes)
+                            .filter(|&o| o == 0 || (base + o) % 64 == 0)
+                            .collect();
+                        assert_eq!(
+                            asked, expected,
+                            "size {size} base {base} len {len} step {step}"
+                        );
+                    }
+                }
             }
         }
     }
