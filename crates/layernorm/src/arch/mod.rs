@@ -542,6 +542,15 @@ mod tests {
         }
     }
 
+    /// NEON is part of every AArch64 CPU: the NEON kernels are among those the tests run
+    /// (CI runs them under qemu-user), not silently replaced by the scalar path.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_is_available_on_aarch64() {
+        let kinds: Vec<_> = super::Isa::available().iter().map(|i| i.kind()).collect();
+        assert!(kinds.contains(&super::IsaKind::Neon), "{kinds:?}");
+    }
+
     /// A reader walking a slice in consecutive ranges asks for every line the slice touches
     /// exactly once, in order, and never for an address outside the slice.
     #[test]
