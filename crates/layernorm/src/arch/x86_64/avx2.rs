@@ -192,6 +192,33 @@ impl Simd for Avx2 {
             self.store_bf16(dst, v)
         }
     }
+    #[inline(always)]
+    fn store_bf16x2(self, dst: &mut [bf16], [a, b]: [__m256; 2]) {
+        let dst = &mut dst[..16];
+        // SAFETY: see the impl comment; 16 bf16 are 32 bytes.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), self.pack_bf16x2(a, b)) }
+    }
+    #[inline(always)]
+    fn stream_bf16x2(self, dst: &mut [bf16], [a, b]: [__m256; 2]) {
+        let dst = &mut dst[..16];
+        let packed = self.pack_bf16x2(a, b);
+        let at = dst.as_ptr() as usize;
+        if at.is_multiple_of(32) {
+            // SAFETY: see the impl comment; 16 bf16 are 32 bytes, 32-byte aligned as required.
+            unsafe { _mm256_stream_si256(dst.as_mut_ptr().cast(), packed) }
+        } else if at.is_multiple_of(16) {
+            // SAFETY: see the impl comment; two halves of 16 bytes, each 16-byte aligned.
+            unsafe {
+                let (lo, hi) = dst.split_at_mut(8);
+                _mm_stream_si128(lo.as_mut_ptr().cast(), _mm256_castsi256_si128(packed));
+                let high = _mm256_extracti128_si256::<1>(packed);
+                _mm_stream_si128(hi.as_mut_ptr().cast(), high);
+            }
+        } else {
+            // SAFETY: see the impl comment; 16 bf16 are 32 bytes.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), packed) }
+        }
+    }
 }
 
 /// Conversions shared by the stores and the non-temporal stores.
@@ -210,6 +237,35 @@ impl Avx2 {
         // SAFETY: `self` proves the CPU has AVX2 (see the `Simd` impl comment); no memory is
         // touched.
         unsafe {
+            // Pack 8 × u32 → 8 × u16 (packus works per 128-bit half, so gather the halves).
+            let high = self.round_bf16(v);
+            let packed = _mm256_packus_epi32(high, high);
+            let ordered = _mm256_permute4x64_epi64::<0b1000>(packed);
+            _mm256_castsi256_si128(ordered)
+        }
+    }
+
+    /// 16 f32, `a` then `b`, rounded to nearest even bf16 and packed: the bits of two
+    /// [`Avx2::pack_bf16`], with one pack and one permute instead of two of each.
+    #[inline(always)]
+    fn pack_bf16x2(self, a: __m256, b: __m256) -> __m256i {
+        // SAFETY: `self` proves the CPU has AVX2 (see the `Simd` impl comment); no memory is
+        // touched.
+        unsafe {
+            // Per 128-bit half k: a[4k..4k + 4], then b[4k..4k + 4] (the values are at most
+            // 0xffff: no saturation); the permute orders the quadwords a0 a1 b0 b1.
+            let packed = _mm256_packus_epi32(self.round_bf16(a), self.round_bf16(b));
+            _mm256_permute4x64_epi64::<0b11_01_10_00>(packed)
+        }
+    }
+
+    /// 8 f32 rounded to nearest even bf16, each in the low half of its 32-bit lane; NaN
+    /// stays NaN.
+    #[inline(always)]
+    fn round_bf16(self, v: __m256) -> __m256i {
+        // SAFETY: `self` proves the CPU has AVX2 (see the `Simd` impl comment); no memory is
+        // touched.
+        unsafe {
             // Round to nearest even: add 0x7fff plus the lowest kept bit, then truncate.
             let bits = _mm256_castps_si256(v);
             let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
@@ -218,11 +274,7 @@ impl Avx2 {
             let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
             let quiet = _mm256_or_si256(bits, _mm256_set1_epi32(0x0040_0000));
             let bits = _mm256_blendv_epi8(rounded, quiet, nan);
-            let high = _mm256_srli_epi32::<16>(bits);
-            // Pack 8 × u32 → 8 × u16 (packus works per 128-bit half, so gather the halves).
-            let packed = _mm256_packus_epi32(high, high);
-            let ordered = _mm256_permute4x64_epi64::<0b1000>(packed);
-            _mm256_castsi256_si128(ordered)
+            _mm256_srli_epi32::<16>(bits)
         }
     }
 }
