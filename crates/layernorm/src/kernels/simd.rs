@@ -46,12 +46,14 @@ const MAX_LANES: usize = 16;
 const PREFETCH_AHEAD: usize = 4 << 10;
 
 /// Software prefetch that runs ahead of a reader: the reader of `data[at..]` (each of the
-/// `N` arrays, read in step; rows follow each other in them) calls [`Lookahead::touch`] with the range it is about to read,
-/// relative to `at`, and the lines [`PREFETCH_AHEAD`] bytes further on are requested (those
-/// past the block's end are not). One or two requests per vector step, spread through the
-/// arithmetic: asking for the next row's lines all at once, when a row starts, stalled the
-/// core whenever the requests outnumbered its line-fill buffers (8192×768 backward, one
-/// thread: 1.37 ns/elem with whole-row requests, 1.12 spread).
+/// `N` arrays, read in step; rows follow each other in them) calls [`Lookahead::touch`] with
+/// the range it is about to read, relative to `at`, and the lines [`PREFETCH_AHEAD`] bytes
+/// further on are requested (none past the block's end): one or two requests per vector
+/// step, spread through the arithmetic. The kernels used to request the whole next row when
+/// a row started; 8192×768 backward, one thread, ns/elem: 1.37–1.48 that way, 1.27–1.34
+/// with no software prefetch at all, 1.11–1.13 spread. (Our reading, without counters on
+/// this VM: a burst of requests larger than the core's line-fill buffers stalls it, and the
+/// arithmetic stalls with it.)
 #[derive(Clone, Copy)]
 struct Lookahead<'a, T, const N: usize>([&'a [T]; N]);
 
