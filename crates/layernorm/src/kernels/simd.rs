@@ -876,12 +876,9 @@ fn backward_terms<
     stats: (f64, f64),
 ) -> Option<Pass2> {
     let mut acc = TermSums::new(s);
-    let mut i = 0;
-    while i + S::LANES <= x.len() {
-        acc.step::<T, W>(s, x, dy, weight, stats.0, i);
-        i += S::LANES;
-    }
-    acc.finish::<T, W>(s, x, dy, weight, i, stats, CENTER)
+    let end = x.len() / S::LANES * S::LANES;
+    acc.run::<T, W>(s, x, dy, weight, stats.0, 0..end);
+    acc.finish::<T, W>(s, x, dy, weight, end, stats, CENTER)
 }
 
 /// The running sums of backward pass 1 (two accumulators each for Σd, Σg, Σg·d), fed one
@@ -928,6 +925,26 @@ impl<S: Simd> TermSums<S> {
             self.sd[h] = s.add64(self.sd[h], d);
             self.sg[h] = s.add64(self.sg[h], gs[h]);
             self.sgd[h] = s.mul_add64(gs[h], d, self.sgd[h]);
+        }
+    }
+
+    /// Adds the whole vectors of `span` (its length is a multiple of `LANES`), in one tight
+    /// loop.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn run<T: Storage + Element<Compute = f32>, const W: bool>(
+        &mut self,
+        s: S,
+        x: &[T],
+        dy: &[T],
+        weight: &[f32],
+        mean: f64,
+        span: std::ops::Range<usize>,
+    ) {
+        let mut i = span.start;
+        while i < span.end {
+            self.step::<T, W>(s, x, dy, weight, mean, i);
+            i += S::LANES;
         }
     }
 
@@ -1019,26 +1036,31 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
     }
 
     /// Up to `steps` more vectors of pass 1 (a row's last elements, with its constants, count
-    /// as one step).
+    /// as one step). The whole vectors of a row run in one tight loop.
     #[inline(always)]
     fn advance<const W: bool>(&mut self, s: S, weight: &[f32], steps: usize) {
-        for _ in 0..steps {
-            if self.row == R {
-                return;
-            }
+        let mut left = steps;
+        while left > 0 && self.row < R {
             let (x, dy, stats) = (self.x[self.row], self.dy[self.row], self.stats[self.row]);
-            if self.col + S::LANES <= x.len() {
-                let at = self.row * x.len() + self.col;
-                self.lookahead.touch(at..at + S::LANES);
-                self.acc.step::<T, W>(s, x, dy, weight, stats.0, self.col);
-                self.col += S::LANES;
-            } else {
+            let whole = (x.len() - self.col) / S::LANES;
+            if whole == 0 {
                 let acc = std::mem::replace(&mut self.acc, TermSums::new(s));
                 self.terms[self.row] =
                     acc.finish::<T, W>(s, x, dy, weight, self.col, stats, self.center);
                 self.row += 1;
                 self.col = 0;
+                left -= 1;
+                continue;
             }
+            let k = whole.min(left);
+            let (at, span) = (
+                self.row * x.len() + self.col,
+                self.col..self.col + k * S::LANES,
+            );
+            self.lookahead.touch(at..at + span.len());
+            self.acc.run::<T, W>(s, x, dy, weight, stats.0, span);
+            self.col += k * S::LANES;
+            left -= k;
         }
     }
 
@@ -1049,6 +1071,9 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
         self.terms
     }
 }
+
+/// Vectors of backward pass 2 between two calls of [`Ahead::advance`].
+const PASS2_CHUNK: usize = 4;
 
 /// Backward pass 2, in f32, for one row: [`pass2`] with a group of one.
 #[allow(clippy::too_many_arguments)]
@@ -1134,51 +1159,58 @@ fn pass2_span<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const
     }
     let mut i = span.start;
     while i + l <= span.end {
-        let wv = if W {
-            Some(s.load_f32(&weight[i..]))
-        } else {
-            None
-        };
-        let (mut aw, mut ab) = ([zero; 2], [zero; 2]);
-        for (lane, &[hi, lo, rstd, c_g, c_x]) in lanes.iter_mut().zip(&consts) {
-            let (xv, dyv) = (T::load(s, &lane.x[i..]), T::load(s, &lane.dy[i..]));
-            let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd);
-            if dweight.is_some() {
-                let [a, b] = s.widen(s.mul(dyv, xhat));
-                aw = [s.add64(aw[0], a), s.add64(aw[1], b)];
-            }
-            if dbias.is_some() {
-                let [a, b] = s.widen(dyv);
-                ab = [s.add64(ab[0], a), s.add64(ab[1], b)];
-            }
-            if let Some(dx) = lane.dx.as_deref_mut() {
-                let g = match wv {
-                    Some(w) => s.mul(dyv, w),
-                    None => dyv,
-                };
-                let v = s.sub(s.mul(rstd, g), s.mul_add(xhat, c_x, c_g));
-                // Fused residual: the sum's own upstream gradient flows straight through.
-                let v = match lane.dsum {
-                    Some(ds) => s.add(v, T::load(s, &ds[i..])),
-                    None => v,
-                };
-                if stream {
-                    T::stream(s, &mut dx[i..], v);
-                } else {
-                    T::store(s, &mut dx[i..], v);
+        // A few vectors of pass 2, then the matching vectors of the next rows' pass 1 in a
+        // loop of their own: interleaving them one vector at a time cost more in bookkeeping
+        // (the state of `Ahead`, the prefetch ranges) than in arithmetic.
+        let vectors = ((span.end - i) / l).min(PASS2_CHUNK);
+        let chunk_end = i + vectors * l;
+        while i < chunk_end {
+            let wv = if W {
+                Some(s.load_f32(&weight[i..]))
+            } else {
+                None
+            };
+            let (mut aw, mut ab) = ([zero; 2], [zero; 2]);
+            for (lane, &[hi, lo, rstd, c_g, c_x]) in lanes.iter_mut().zip(&consts) {
+                let (xv, dyv) = (T::load(s, &lane.x[i..]), T::load(s, &lane.dy[i..]));
+                let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd);
+                if dweight.is_some() {
+                    let [a, b] = s.widen(s.mul(dyv, xhat));
+                    aw = [s.add64(aw[0], a), s.add64(aw[1], b)];
+                }
+                if dbias.is_some() {
+                    let [a, b] = s.widen(dyv);
+                    ab = [s.add64(ab[0], a), s.add64(ab[1], b)];
+                }
+                if let Some(dx) = lane.dx.as_deref_mut() {
+                    let g = match wv {
+                        Some(w) => s.mul(dyv, w),
+                        None => dyv,
+                    };
+                    let v = s.sub(s.mul(rstd, g), s.mul_add(xhat, c_x, c_g));
+                    // Fused residual: the sum's own upstream gradient flows straight through.
+                    let v = match lane.dsum {
+                        Some(ds) => s.add(v, T::load(s, &ds[i..])),
+                        None => v,
+                    };
+                    if stream {
+                        T::stream(s, &mut dx[i..], v);
+                    } else {
+                        T::store(s, &mut dx[i..], v);
+                    }
                 }
             }
-        }
-        if let Some(dw) = dweight.as_deref_mut() {
-            accumulate(s, &mut dw[i..], aw);
-        }
-        if let Some(db) = dbias.as_deref_mut() {
-            accumulate(s, &mut db[i..], ab);
+            if let Some(dw) = dweight.as_deref_mut() {
+                accumulate(s, &mut dw[i..], aw);
+            }
+            if let Some(db) = dbias.as_deref_mut() {
+                accumulate(s, &mut db[i..], ab);
+            }
+            i += l;
         }
         if let Some(ahead) = ahead.as_deref_mut() {
-            ahead.advance::<W>(s, weight, R);
+            ahead.advance::<W>(s, weight, vectors * R);
         }
-        i += l;
     }
 }
 
