@@ -908,34 +908,6 @@ impl<S: Simd> TermSums<S> {
         }
     }
 
-    /// Adds columns `i..i + LANES`.
-    #[inline(always)]
-    fn step<T: Storage + Element<Compute = f32>, const W: bool>(
-        &mut self,
-        s: S,
-        x: &[T],
-        dy: &[T],
-        weight: &[f32],
-        mean: f64,
-        i: usize,
-    ) {
-        let pivot = s.splat64(mean);
-        let xs = s.widen(T::load(s, &x[i..]));
-        let dys = s.widen(T::load(s, &dy[i..]));
-        let gs = if W {
-            let w = s.widen(s.load_f32(&weight[i..]));
-            [s.mul64(dys[0], w[0]), s.mul64(dys[1], w[1])]
-        } else {
-            dys
-        };
-        for h in 0..2 {
-            let d = s.sub64(xs[h], pivot);
-            self.sd[h] = s.add64(self.sd[h], d);
-            self.sg[h] = s.add64(self.sg[h], gs[h]);
-            self.sgd[h] = s.mul_add64(gs[h], d, self.sgd[h]);
-        }
-    }
-
     /// Adds the whole vectors of `span` (its length is a multiple of `LANES`), in one tight
     /// loop.
     #[allow(clippy::too_many_arguments)]
@@ -949,9 +921,23 @@ impl<S: Simd> TermSums<S> {
         mean: f64,
         span: std::ops::Range<usize>,
     ) {
+        let pivot = s.splat64(mean);
         let mut i = span.start;
         while i < span.end {
-            self.step::<T, W>(s, x, dy, weight, mean, i);
+            let xs = s.widen(T::load(s, &x[i..]));
+            let dys = s.widen(T::load(s, &dy[i..]));
+            let gs = if W {
+                let w = s.widen(s.load_f32(&weight[i..]));
+                [s.mul64(dys[0], w[0]), s.mul64(dys[1], w[1])]
+            } else {
+                dys
+            };
+            for h in 0..2 {
+                let d = s.sub64(xs[h], pivot);
+                self.sd[h] = s.add64(self.sd[h], d);
+                self.sg[h] = s.add64(self.sg[h], gs[h]);
+                self.sgd[h] = s.mul_add64(gs[h], d, self.sgd[h]);
+            }
             i += S::LANES;
         }
     }
