@@ -50,8 +50,9 @@ const PREFETCH_AHEAD: usize = 4 << 10;
 /// Software prefetch that runs ahead of a reader: the reader of `data[at..]` (each of the
 /// `N` arrays, read in step; rows follow each other in them) calls [`Lookahead::touch`] with
 /// the range it is about to read, relative to `at`, and the lines [`PREFETCH_AHEAD`] bytes
-/// further on are requested (none past the block's end): one or two requests per vector
-/// step, spread through the arithmetic. The kernels used to request the whole next row when
+/// further on are requested (none past the block's end): in forward one or two requests per
+/// vector step, spread through the arithmetic; in backward the lines of one chunk of pass 1
+/// (see [`PASS2_CHUNK`]) together. The kernels used to request the whole next row when
 /// a row started; 8192×768 backward, one thread, ns/elem: 1.37–1.48 that way, 1.27–1.34
 /// with no software prefetch at all, 1.11–1.13 spread. (Our reading, without counters on
 /// this VM: a burst of requests larger than the core's line-fill buffers stalls it, and the
@@ -883,8 +884,9 @@ fn backward_terms<
     acc.finish::<T, W>(s, x, dy, weight, end, stats, CENTER)
 }
 
-/// The running sums of backward pass 1 (two accumulators each for Σd, Σg, Σg·d), fed one
-/// vector at a time, then the remaining elements one by one.
+/// The running sums of backward pass 1 (two accumulators each for Σd, Σg, Σg·d), fed whole
+/// vectors by [`TermSums::run`], then the remaining elements one by one by
+/// [`TermSums::finish`].
 ///
 /// The f64 widening is most of backward's arithmetic, and it is kept on purpose. Measured
 /// without it (sums in f32 over blocks of 8 vectors, then f64; dγ/dβ summed in f32 over 4
@@ -1157,9 +1159,8 @@ fn pass2_span<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const
     }
     let mut i = span.start;
     while i + l <= span.end {
-        // A few vectors of pass 2, then the matching vectors of the next rows' pass 1 in a
-        // loop of their own: interleaving them one vector at a time cost more in bookkeeping
-        // (the state of `Ahead`, the prefetch ranges) than in arithmetic.
+        // A few vectors of pass 2, then the matching vectors of the next rows' pass 1 (see
+        // PASS2_CHUNK).
         let vectors = ((span.end - i) / l).min(PASS2_CHUNK);
         let chunk_end = i + vectors * l;
         while i < chunk_end {
