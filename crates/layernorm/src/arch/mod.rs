@@ -60,6 +60,13 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// Stores `LANES / 2` f64.
     fn store_f64(self, dst: &mut [f64], v: Self::F64);
     fn load_f32(self, src: &[f32]) -> Self::F32;
+    /// `LANES` f32 loaded and widened as [`Simd::widen`] widens them; where the conversion
+    /// can read memory itself (x86: one `vcvtps2pd` per half, without the shuffle that
+    /// splits a register).
+    #[inline(always)]
+    fn load_f32_wide(self, src: &[f32]) -> [Self::F64; 2] {
+        self.widen(self.load_f32(src))
+    }
     fn store_f32(self, dst: &mut [f32], v: Self::F32);
     /// Stores `LANES` f32 bypassing the caches (a non-temporal store) when `dst` is aligned
     /// to the vector size, with a plain store otherwise. Call [`Simd::fence`] before the data
@@ -226,6 +233,11 @@ fn line_offsets(
 pub trait Storage: Copy + Default + Send + Sync + 'static {
     fn load<S: Simd>(simd: S, src: &[Self]) -> S::F32;
     fn store<S: Simd>(simd: S, dst: &mut [Self], v: S::F32);
+    /// `LANES` values loaded and widened to f64 (see [`Simd::load_f32_wide`]).
+    #[inline(always)]
+    fn load_wide<S: Simd>(simd: S, src: &[Self]) -> [S::F64; 2] {
+        simd.widen(Self::load(simd, src))
+    }
     /// A store that may bypass the caches (see [`Simd::stream_f32`]).
     #[inline(always)]
     fn stream<S: Simd>(simd: S, dst: &mut [Self], v: S::F32) {
@@ -253,6 +265,10 @@ impl Storage for f32 {
     #[inline(always)]
     fn store<S: Simd>(simd: S, dst: &mut [f32], v: S::F32) {
         simd.store_f32(dst, v)
+    }
+    #[inline(always)]
+    fn load_wide<S: Simd>(simd: S, src: &[f32]) -> [S::F64; 2] {
+        simd.load_f32_wide(src)
     }
     #[inline(always)]
     fn stream<S: Simd>(simd: S, dst: &mut [f32], v: S::F32) {

@@ -125,6 +125,17 @@ impl Simd for Avx2 {
         unsafe { _mm256_loadu_ps(src.as_ptr()) }
     }
     #[inline(always)]
+    fn load_f32_wide(self, src: &[f32]) -> [__m256d; 2] {
+        let src = &src[..8];
+        // SAFETY: see the impl comment; each half is 4 f32 of `src`.
+        unsafe {
+            [
+                _mm256_cvtps_pd(_mm_loadu_ps(src.as_ptr())),
+                _mm256_cvtps_pd(_mm_loadu_ps(src[4..].as_ptr())),
+            ]
+        }
+    }
+    #[inline(always)]
     fn store_f32(self, dst: &mut [f32], v: __m256) {
         let dst = &mut dst[..8];
         // SAFETY: see the impl comment.

@@ -131,6 +131,17 @@ impl Simd for Avx512 {
         unsafe { _mm512_loadu_ps(src.as_ptr()) }
     }
     #[inline(always)]
+    fn load_f32_wide(self, src: &[f32]) -> [__m512d; 2] {
+        let src = &src[..16];
+        // SAFETY: see the impl comment; each half is 8 f32 of `src`.
+        unsafe {
+            [
+                _mm512_cvtps_pd(_mm256_loadu_ps(src.as_ptr())),
+                _mm512_cvtps_pd(_mm256_loadu_ps(src[8..].as_ptr())),
+            ]
+        }
+    }
+    #[inline(always)]
     fn store_f32(self, dst: &mut [f32], v: __m512) {
         let dst = &mut dst[..16];
         // SAFETY: see the impl comment.
