@@ -1127,11 +1127,9 @@ fn pass2_span<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const
     ahead: Option<&mut Ahead<'_, S, T, R>>,
 ) {
     let consts = pass2_consts(s, lanes);
-    // Training's usual case (dx for every row, no fused residual) has a loop of its own.
-    if lanes
-        .iter()
-        .all(|lane| lane.dx.is_some() && lane.dsum.is_none())
-    {
+    // Training's usual case (dx, no fused residual) has a loop of its own, for single rows
+    // (see pass2_dense).
+    if R == 1 && lanes.iter().all(|l| l.dx.is_some() && l.dsum.is_none()) {
         match (dweight, dbias) {
             (Some(dw), Some(db)) => {
                 return pass2_dense::<S, T, W, R, true, true>(
@@ -1264,8 +1262,10 @@ fn pass2_general<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, co
 /// arithmetic in the same order, in a loop without the general one's per-vector flags and
 /// with half its bounds checks (a `perf` profile showed the general loop at ~100
 /// instructions per vector, this one at ~50). 2 threads, f32 backward, A/B medians of 6:
-/// 8192×768 0.60 → 0.67 of copy, 4096×4096 0.74 → 0.77. (dβ alone with dx falls to the
-/// general loop: no such layer exists.)
+/// 8192×768 0.60 → 0.67 of copy; one thread, both binaries run at once on the two cores
+/// (swapped each round, medians of 6), 48×768 0.85 → 0.75 ns/elem. Single rows only: for
+/// groups of 4 rows (12 slices live in the loop) it measured slower, 64×16384 2.9 → 3.4
+/// ns/elem. (dβ alone with dx falls to the general loop: no such layer exists.)
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pass2_dense<
