@@ -1216,21 +1216,14 @@ fn pass2_general<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, co
                 None
             };
             let (mut aw, mut ab) = ([zero; 2], [zero; 2]);
-            for (k, (lane, &[hi, lo, rstd, c_g, c_x])) in lanes.iter_mut().zip(consts).enumerate() {
+            for (k, (lane, &c)) in lanes.iter_mut().zip(consts).enumerate() {
                 let (xv, dyv) = (T::load(s, &lane.x[i..]), T::load(s, &lane.dy[i..]));
-                let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd);
-                if dweight.is_some() {
-                    add_lane(s, &mut aw, k, s.widen(s.mul(dyv, xhat)));
-                }
-                if dbias.is_some() {
-                    add_lane(s, &mut ab, k, s.widen(dyv));
-                }
+                let sums = (
+                    dweight.is_some().then_some(&mut aw),
+                    dbias.is_some().then_some(&mut ab),
+                );
+                let v = pass2_vector(s, xv, dyv, wv, c, k, sums);
                 if let Some(dx) = lane.dx.as_deref_mut() {
-                    let g = match wv {
-                        Some(w) => s.mul(dyv, w),
-                        None => dyv,
-                    };
-                    let v = s.sub(s.mul(rstd, g), s.mul_add(xhat, c_x, c_g));
                     // Fused residual: the sum's own upstream gradient flows straight through.
                     let v = match lane.dsum {
                         Some(ds) => s.add(v, T::load(s, &ds[i..])),
@@ -1317,23 +1310,12 @@ fn pass2_dense<
             };
             let (mut aw, mut ab) = ([zero; 2], [zero; 2]);
             for k in 0..R {
-                let [hi, lo, rstd, c_g, c_x] = consts[k];
                 let (xv, dyv) = (
                     T::load(s, &x[k][at.clone()]),
                     T::load(s, &dy[k][at.clone()]),
                 );
-                let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd);
-                if DW {
-                    add_lane(s, &mut aw, k, s.widen(s.mul(dyv, xhat)));
-                }
-                if DB {
-                    add_lane(s, &mut ab, k, s.widen(dyv));
-                }
-                let g = match wv {
-                    Some(w) => s.mul(dyv, w),
-                    None => dyv,
-                };
-                let v = s.sub(s.mul(rstd, g), s.mul_add(xhat, c_x, c_g));
+                let sums = (DW.then_some(&mut aw), DB.then_some(&mut ab));
+                let v = pass2_vector(s, xv, dyv, wv, consts[k], k, sums);
                 if stream {
                     T::stream(s, &mut dx[k][at.clone()], v);
                 } else {
@@ -1352,6 +1334,36 @@ fn pass2_dense<
             ahead.advance::<W>(s, weight, vectors * R);
         }
     }
+}
+
+/// A group's running dγ or dβ sum over one vector of columns, when it is wanted.
+type GroupSum<'a, S> = Option<&'a mut [<S as Simd>::F64; 2]>;
+
+/// One vector of lane `k` of a group in pass 2: x̂ = ((x − hi) − lo)·rstd, dy·x̂ and dy added
+/// to the group's dγ and dβ sums where given, and dx = rstd·g − (x̂·c_x + c_g) (g = dy·γ)
+/// returned.
+#[inline(always)]
+fn pass2_vector<S: Simd>(
+    s: S,
+    xv: S::F32,
+    dyv: S::F32,
+    wv: Option<S::F32>,
+    [hi, lo, rstd, c_g, c_x]: [S::F32; 5],
+    k: usize,
+    (aw, ab): (GroupSum<'_, S>, GroupSum<'_, S>),
+) -> S::F32 {
+    let xhat = s.mul(s.sub(s.sub(xv, hi), lo), rstd);
+    if let Some(aw) = aw {
+        add_lane(s, aw, k, s.widen(s.mul(dyv, xhat)));
+    }
+    if let Some(ab) = ab {
+        add_lane(s, ab, k, s.widen(dyv));
+    }
+    let g = match wv {
+        Some(w) => s.mul(dyv, w),
+        None => dyv,
+    };
+    s.sub(s.mul(rstd, g), s.mul_add(xhat, c_x, c_g))
 }
 
 /// `acc += v` for lane `k` of a group; the first lane's value is taken as it is (one add
