@@ -9,6 +9,7 @@
 //!   pass 2  y = ((x − μ_hi) − μ_lo)·rstd·γ + β     f32, narrowed on store
 //! backward, per row (from saved mean, rstd):
 //!   pass 1  Σd, Σg, Σg·d            f64, d = x − mean, g = dy·γ (exact products)
+//!           (rows under 2048: dβ += dy here, where dy is already in f64)
 //!   pass 2  dx = rstd·g − (x̂·rstd·mean_gx + rstd·mean_g);  dγ += dy·x̂;  dβ += dy
 //!           (rows of 2048+ in groups of 4: dγ, dβ summed over the group in f64 registers,
 //!           then added to the block's partials once)
@@ -674,8 +675,18 @@ fn backward_rows<
     let row = |r: usize| r * cols..(r + 1) * cols;
     let lookahead = |from: usize| Lookahead::new([x, dy], from * cols);
     if cols < GROUP_MIN_COLS {
-        let mut next =
-            backward_terms::<S, T, CENTER, W>(s, &x[row(0)], &dy[row(0)], weight, stats(0));
+        // Rows one at a time: dβ (Σ dy, which needs no statistics) is added in pass 1, where
+        // dy is already widened to f64, instead of widening it again in pass 2. The partials
+        // see the same additions in the same row order, so the same bits.
+        let mut db1 = db.take();
+        let mut next = backward_terms::<S, T, CENTER, W>(
+            s,
+            &x[row(0)],
+            &dy[row(0)],
+            weight,
+            stats(0),
+            db1.as_deref_mut(),
+        );
         for r in 0..rows {
             let span = row(r);
             let out = RowGrads {
@@ -698,6 +709,7 @@ fn backward_rows<
                             [stats(r + 1)],
                             CENTER,
                             lookahead(r + 1),
+                            db1.as_deref_mut(),
                         )),
                         None => None,
                     };
@@ -720,6 +732,7 @@ fn backward_rows<
                             &dy[f],
                             weight,
                             stats(r + 1),
+                            db1.as_deref_mut(),
                         ),
                         None => None,
                     }
@@ -751,6 +764,7 @@ fn backward_rows<
                     &dy[span],
                     weight,
                     stats(r + k),
+                    None,
                 );
             }
         }
@@ -778,6 +792,7 @@ fn backward_rows<
                     std::array::from_fn(|k| stats(end + k)),
                     CENTER,
                     lookahead(end),
+                    None,
                 ))
             } else {
                 None
@@ -859,11 +874,12 @@ fn backward_terms<
     dy: &[T],
     weight: &[f32],
     stats: (f64, f64),
+    mut dbias: Option<&mut [f64]>,
 ) -> Option<Pass2> {
     let mut acc = TermSums::new(s);
     let end = x.len() / S::LANES * S::LANES;
-    acc.run::<T, W>(s, x, dy, weight, stats.0, 0..end);
-    acc.finish::<T, W>(s, x, dy, weight, end, stats, CENTER)
+    acc.run::<T, W>(s, x, dy, weight, stats.0, 0..end, dbias.as_deref_mut());
+    acc.finish::<T, W>(s, x, dy, weight, end, stats, CENTER, dbias)
 }
 
 /// The running sums of backward pass 1 (two accumulators each for Σd, Σg, Σg·d), fed whole
@@ -893,7 +909,7 @@ impl<S: Simd> TermSums<S> {
     }
 
     /// Adds the whole vectors of `span` (its length is a multiple of `LANES`), in one tight
-    /// loop.
+    /// loop, and dy to the dβ partials `dbias` (indexed like x) where given.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn run<T: Storage + Element<Compute = f32>, const W: bool>(
@@ -904,10 +920,38 @@ impl<S: Simd> TermSums<S> {
         weight: &[f32],
         mean: f64,
         span: std::ops::Range<usize>,
+        dbias: Option<&mut [f64]>,
+    ) {
+        // (A match, not a flag tested per vector: two tight loops.)
+        match dbias {
+            Some(db) => self.run_with::<T, W, true>(s, x, dy, weight, mean, span, db),
+            None => self.run_with::<T, W, false>(s, x, dy, weight, mean, span, &mut []),
+        }
+    }
+
+    /// [`TermSums::run`], with dβ's wish (`DB`) as a constant.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn run_with<T: Storage + Element<Compute = f32>, const W: bool, const DB: bool>(
+        &mut self,
+        s: S,
+        x: &[T],
+        dy: &[T],
+        weight: &[f32],
+        mean: f64,
+        span: std::ops::Range<usize>,
+        dbias: &mut [f64],
     ) {
         let pivot = s.splat64(mean);
-        let mut i = span.start;
-        while i < span.end {
+        // Local accumulators: through `self` LLVM kept one of them in memory, a
+        // store-to-load chain per vector.
+        let (mut sd, mut sg, mut sgd) = (self.sd, self.sg, self.sgd);
+        // Every array cut to the span first: fewer bounds checks in the loop.
+        let (x, dy) = (&x[span.clone()], &dy[span.clone()]);
+        let weight = if W { &weight[span.clone()] } else { &[] };
+        let dbias = if DB { &mut dbias[span] } else { &mut [] };
+        let mut i = 0;
+        while i + S::LANES <= x.len() {
             let xs = T::load_wide(s, &x[i..]);
             let dys = T::load_wide(s, &dy[i..]);
             let gs = if W {
@@ -918,16 +962,20 @@ impl<S: Simd> TermSums<S> {
             };
             for h in 0..2 {
                 let d = s.sub64(xs[h], pivot);
-                self.sd[h] = s.add64(self.sd[h], d);
-                self.sg[h] = s.add64(self.sg[h], gs[h]);
-                self.sgd[h] = s.mul_add64(gs[h], d, self.sgd[h]);
+                sd[h] = s.add64(sd[h], d);
+                sg[h] = s.add64(sg[h], gs[h]);
+                sgd[h] = s.mul_add64(gs[h], d, sgd[h]);
+            }
+            if DB {
+                accumulate(s, &mut dbias[i..], dys);
             }
             i += S::LANES;
         }
+        (self.sd, self.sg, self.sgd) = (sd, sg, sgd);
     }
 
-    /// Adds columns `i..` (less than one vector) and returns the constants of pass 2 (see
-    /// [`backward_terms`]).
+    /// Adds columns `i..` (less than one vector), to the dβ partials too where given, and
+    /// returns the constants of pass 2 (see [`backward_terms`]).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn finish<T: Storage + Element<Compute = f32>, const W: bool>(
@@ -939,6 +987,7 @@ impl<S: Simd> TermSums<S> {
         i: usize,
         (mean, rstd): (f64, f64),
         center: bool,
+        mut dbias: Option<&mut [f64]>,
     ) -> Option<Pass2> {
         let n = x.len();
         let (mut sum_d, mut sum_g, mut sum_gd) = (
@@ -952,6 +1001,9 @@ impl<S: Simd> TermSums<S> {
             sum_d += d;
             sum_g += g;
             sum_gd += g * d;
+            if let Some(db) = dbias.as_deref_mut() {
+                db[j] += to_f64(dy[j]);
+            }
         }
         let nf = n as f64;
         // The saved mean may be rounded: recover the exact one. RMSNorm has neither a mean to
@@ -988,6 +1040,8 @@ struct Ahead<'a, S: Simd, T, const R: usize> {
     terms: [Option<Pass2>; R],
     /// Prefetches for x and dy, from the first row's start on (the rows are consecutive).
     lookahead: Lookahead<'a, T, 2>,
+    /// The dβ partials, when pass 1 adds to them (see [`backward_rows`]).
+    dbias: Option<&'a mut [f64]>,
 }
 
 impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a, S, T, R> {
@@ -999,9 +1053,11 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
         stats: [(f64, f64); R],
         center: bool,
         lookahead: Lookahead<'a, T, 2>,
+        dbias: Option<&'a mut [f64]>,
     ) -> Self {
         Ahead {
             lookahead,
+            dbias,
             x,
             dy,
             stats,
@@ -1023,8 +1079,16 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
             let whole = (x.len() - self.col) / S::LANES;
             if whole == 0 {
                 let acc = std::mem::replace(&mut self.acc, TermSums::new(s));
-                self.terms[self.row] =
-                    acc.finish::<T, W>(s, x, dy, weight, self.col, stats, self.center);
+                self.terms[self.row] = acc.finish::<T, W>(
+                    s,
+                    x,
+                    dy,
+                    weight,
+                    self.col,
+                    stats,
+                    self.center,
+                    self.dbias.as_deref_mut(),
+                );
                 self.row += 1;
                 self.col = 0;
                 left -= 1;
@@ -1036,7 +1100,8 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
                 self.col..self.col + k * S::LANES,
             );
             self.lookahead.touch(at..at + span.len());
-            self.acc.run::<T, W>(s, x, dy, weight, stats.0, span);
+            let db = self.dbias.as_deref_mut();
+            self.acc.run::<T, W>(s, x, dy, weight, stats.0, span, db);
             self.col += k * S::LANES;
             left -= k;
         }
@@ -1120,50 +1185,31 @@ fn pass2_span<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const
     s: S,
     lanes: &mut [Lane<'_, T>; R],
     weight: &[f32],
-    mut dweight: Option<&mut [f64]>,
-    mut dbias: Option<&mut [f64]>,
+    dweight: Option<&mut [f64]>,
+    dbias: Option<&mut [f64]>,
     span: std::ops::Range<usize>,
     stream: bool,
     ahead: Option<&mut Ahead<'_, S, T, R>>,
 ) {
     let consts = pass2_consts(s, lanes);
-    // Training's usual case (dx, no fused residual) has a loop of its own, for single rows
-    // (see pass2_dense).
-    if R == 1 && lanes.iter().all(|l| l.dx.is_some() && l.dsum.is_none()) {
-        match (dweight, dbias) {
-            (Some(dw), Some(db)) => {
-                return pass2_dense::<S, T, W, R, true, true>(
-                    s, lanes, &consts, weight, dw, db, span, stream, ahead,
-                );
+    // Training's usual case (dx, no fused residual, dβ already added in pass 1) has a loop of
+    // its own, for single rows (see pass2_dense).
+    if R == 1 && dbias.is_none() && lanes.iter().all(|l| l.dx.is_some() && l.dsum.is_none()) {
+        return match dweight {
+            Some(dw) => {
+                pass2_dense::<S, T, W, R, true>(s, lanes, &consts, weight, dw, span, stream, ahead)
             }
-            (Some(dw), None) => {
-                return pass2_dense::<S, T, W, R, true, false>(
-                    s,
-                    lanes,
-                    &consts,
-                    weight,
-                    dw,
-                    &mut [],
-                    span,
-                    stream,
-                    ahead,
-                );
-            }
-            (None, None) => {
-                return pass2_dense::<S, T, W, R, false, false>(
-                    s,
-                    lanes,
-                    &consts,
-                    weight,
-                    &mut [],
-                    &mut [],
-                    span,
-                    stream,
-                    ahead,
-                );
-            }
-            (dw, db) => (dweight, dbias) = (dw, db),
-        }
+            None => pass2_dense::<S, T, W, R, false>(
+                s,
+                lanes,
+                &consts,
+                weight,
+                &mut [],
+                span,
+                stream,
+                ahead,
+            ),
+        };
     }
     pass2_general::<S, T, W, R>(
         s, lanes, &consts, weight, dweight, dbias, span, stream, ahead,
@@ -1250,15 +1296,17 @@ fn pass2_general<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, co
     }
 }
 
-/// [`pass2_span`] where every lane has dx and none a fused residual, with the wanted partials
-/// (`DW`: dγ, `DB`: dβ) as constants and every array cut to the span first: the same
+/// [`pass2_span`] where every lane has dx and none a fused residual, and dβ is not wanted
+/// here (single rows add it in pass 1, see [`backward_rows`]), with dγ's wish (`DW`) as a
+/// constant and every array cut to the span first: the same
 /// arithmetic in the same order, in a loop without the general one's per-vector flags and
 /// with half its bounds checks (a `perf` profile showed the general loop at ~100
 /// instructions per vector, this one at ~50). 2 threads, f32 backward, A/B medians of 6:
 /// 8192×768 0.60 → 0.67 of copy; one thread, both binaries run at once on the two cores
 /// (swapped each round, medians of 6), 48×768 0.85 → 0.75 ns/elem. Single rows only: for
 /// groups of 4 rows (12 slices live in the loop) it measured slower, 64×16384 2.9 → 3.4
-/// ns/elem. (dβ alone with dx falls to the general loop: no such layer exists.)
+/// ns/elem. (Rows of a grouped block that end it outside a group still add dβ in pass 2, in
+/// the general loop.)
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pass2_dense<
@@ -1267,14 +1315,12 @@ fn pass2_dense<
     const W: bool,
     const R: usize,
     const DW: bool,
-    const DB: bool,
 >(
     s: S,
     lanes: &mut [Lane<'_, T>; R],
     consts: &[[S::F32; 5]; R],
     weight: &[f32],
     dweight: &mut [f64],
-    dbias: &mut [f64],
     span: std::ops::Range<usize>,
     stream: bool,
     mut ahead: Option<&mut Ahead<'_, S, T, R>>,
@@ -1292,11 +1338,6 @@ fn pass2_dense<
     } else {
         &mut []
     };
-    let dbias = if DB {
-        &mut dbias[span.clone()]
-    } else {
-        &mut []
-    };
     let zero = s.splat64(0.0);
     let mut j = 0;
     while j + l <= n {
@@ -1308,13 +1349,13 @@ fn pass2_dense<
             } else {
                 None
             };
-            let (mut aw, mut ab) = ([zero; 2], [zero; 2]);
+            let mut aw = [zero; 2];
             for k in 0..R {
                 let (xv, dyv) = (
                     T::load(s, &x[k][at.clone()]),
                     T::load(s, &dy[k][at.clone()]),
                 );
-                let sums = (DW.then_some(&mut aw), DB.then_some(&mut ab));
+                let sums = (DW.then_some(&mut aw), None);
                 let v = pass2_vector(s, xv, dyv, wv, consts[k], k, sums);
                 if stream {
                     T::stream(s, &mut dx[k][at.clone()], v);
@@ -1323,10 +1364,7 @@ fn pass2_dense<
                 }
             }
             if DW {
-                accumulate(s, &mut dweight[at.clone()], aw);
-            }
-            if DB {
-                accumulate(s, &mut dbias[at], ab);
+                accumulate(s, &mut dweight[at], aw);
             }
             j += l;
         }

@@ -179,33 +179,45 @@ fn f64_constant_rows_near_max_give_exactly_beta() {
 }
 
 #[test]
-fn a_row_needing_f64_inside_a_backward_group_is_handled_alone() {
-    // Rows of 2048 and more go through backward pass 2 in groups of 4; a row outside f32's
-    // safe range (spanning 1e-30..1e30) inside a group sends the group through one row at a
-    // time. Every output must match the reference as in the plain case: dx normwise to 1e-6
-    // per row, dγ and dβ (sums over the rows) normwise to 1e-6.
-    let (rows, cols) = (6, 2053);
+fn rows_needing_f64_in_backward_are_handled_alone() {
+    // A row outside f32's safe range (spanning 1e-30..1e30) takes the f64 path. Rows of 2048
+    // and more go through backward pass 2 in groups of 4, and such a row sends its group
+    // through one row at a time; shorter rows add dβ in pass 1, which runs ahead inside the
+    // previous row's pass 2, so the f64 path must neither add it again nor skip it. The
+    // first, a middle and the last row are tried. Every output must match the reference as in
+    // the plain case: dx normwise to 1e-6 per row, dγ and dβ (sums over the rows) normwise to
+    // 1e-6.
+    let rows = 6;
     let mut rng = Rand::new(11);
-    let mut x: Vec<f32> = rng.normals(rows * cols, 1.0, 2.0);
-    for (j, v) in x[cols..2 * cols].iter_mut().enumerate() {
-        *v = 10f32.powi((j % 61) as i32 - 30) * if j % 2 == 0 { 1.0 } else { -1.0 };
+    for cols in [2053, 100, 777] {
+        for wide in [0, 1, rows - 1] {
+            let mut x: Vec<f32> = rng.normals(rows * cols, 1.0, 2.0);
+            for (j, v) in x[wide * cols..(wide + 1) * cols].iter_mut().enumerate() {
+                *v = 10f32.powi((j % 61) as i32 - 30) * if j % 2 == 0 { 1.0 } else { -1.0 };
+            }
+            let dy: Vec<f32> = rng.normals(rows * cols, 0.0, 1.0);
+            let w: Vec<f32> = rng.normals(cols, 1.0, 0.5);
+            let (_, stats) = layer_norm::forward(&x, cols, Affine::scale(&w), 1e-5, PAR).unwrap();
+            let stats = stats.as_ref();
+            let g =
+                layer_norm::backward(&dy, &x, cols, stats, Some(&w), GradMask::ALL, PAR).unwrap();
+            let (xf, dyf, wf) = (widen_all(&x), widen_all(&dy), widen_all(&w));
+            let (dx_ref, dw_ref, db_ref) = layer_norm_backward(&dyf, &xf, cols, Some(&wf), 1e-5);
+            let dx = widen_all(&g.dx.unwrap());
+            let case = format!("{cols} cols, row {wide} wide");
+            for r in 0..rows {
+                let span = r * cols..(r + 1) * cols;
+                let e = normwise_error(&dx[span.clone()], &dx_ref[span]);
+                assert!(e <= 1e-6, "{case}, row {r}: dx error {e:e}");
+            }
+            let ew = normwise_error(&widen_all(&g.dweight.unwrap()), &dw_ref);
+            let eb = normwise_error(&widen_all(&g.dbias.unwrap()), &db_ref);
+            assert!(
+                ew <= 1e-6 && eb <= 1e-6,
+                "{case}: dγ error {ew:e}, dβ error {eb:e}"
+            );
+        }
     }
-    let dy: Vec<f32> = rng.normals(rows * cols, 0.0, 1.0);
-    let w: Vec<f32> = rng.normals(cols, 1.0, 0.5);
-    let (_, stats) = layer_norm::forward(&x, cols, Affine::scale(&w), 1e-5, PAR).unwrap();
-    let g =
-        layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), GradMask::ALL, PAR).unwrap();
-    let (xf, dyf, wf) = (widen_all(&x), widen_all(&dy), widen_all(&w));
-    let (dx_ref, dw_ref, db_ref) = layer_norm_backward(&dyf, &xf, cols, Some(&wf), 1e-5);
-    let dx = widen_all(&g.dx.unwrap());
-    for r in 0..rows {
-        let span = r * cols..(r + 1) * cols;
-        let e = normwise_error(&dx[span.clone()], &dx_ref[span]);
-        assert!(e <= 1e-6, "row {r}: dx error {e:e}");
-    }
-    let ew = normwise_error(&widen_all(&g.dweight.unwrap()), &dw_ref);
-    let eb = normwise_error(&widen_all(&g.dbias.unwrap()), &db_ref);
-    assert!(ew <= 1e-6 && eb <= 1e-6, "dγ error {ew:e}, dβ error {eb:e}");
 }
 
 #[test]
