@@ -483,18 +483,29 @@ fn normalize<
             lookahead,
         }) => {
             let mut acc = Sums::new(s, pivot);
-            let mut j = 0;
+            // Two vectors of each pass per step, with every array cut to the columns the
+            // steps walk first (fewer bounds checks: the loop was mostly scalar
+            // instructions), then what is left of either pass.
+            let steps = (nx.len() / (2 * l)).min((n - head) / (2 * l));
+            let span = head..head + steps * 2 * l;
+            {
+                let (xs, ys, nxs) = (&x[span.clone()], &mut y[span.clone()], &nx[..span.len()]);
+                let ws = if W { &weight[span.clone()] } else { &[] };
+                let bs = if B { &bias[span.clone()] } else { &[] };
+                let mut j = 0;
+                while j + 2 * l <= nxs.len() {
+                    lookahead.touch(j..j + 2 * l);
+                    acc.step(s, nxs, j);
+                    normalize_pair::<S, T, W, B, NT>(s, c, xs, ws, bs, ys, j);
+                    j += 2 * l;
+                }
+            }
+            i = span.end;
+            let mut j = span.len();
             while j + 2 * l <= nx.len() {
                 lookahead.touch(j..j + 2 * l);
                 acc.step(s, nx, j);
                 j += 2 * l;
-                if i + 2 * l <= n {
-                    normalize_pair::<S, T, W, B, NT>(s, c, x, weight, bias, y, i);
-                    i += 2 * l;
-                } else if i + l <= n {
-                    normalize_vector::<S, T, W, B, NT>(s, c, x, weight, bias, y, i);
-                    i += l;
-                }
             }
             Some(acc.finish(s, nx, j))
         }
