@@ -847,7 +847,10 @@ const GROUP: usize = 4;
 /// column) no longer fit in L1 beside the rows, and updating them once per group instead of
 /// once per row pays (64×16384 f32: 2.6 → 2.1 ms on one AVX-512 core; 4096×4096 on two
 /// threads: 0.4 → 0.6 of copy). Shorter rows keep one row at a time: with the partials in L1,
-/// grouping measured no clear gain (768 columns: within the machine's noise).
+/// grouping measured no clear gain (768 columns: within the machine's noise). The longest
+/// rows keep their groups too, though a group of 65536 f32 columns (2 MiB of x and dy) spills
+/// from L2 before pass 2 reads it again: one row at a time was slower still (one thread,
+/// 256×65536: 1.37–1.45 → 1.50–1.72 ns/elem), its partials updated four times as often.
 const GROUP_MIN_COLS: usize = 2048;
 
 /// The per-row constants of backward pass 2 (f32): the split mean, rstd, rstd·mean(g) and
@@ -1130,7 +1133,8 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
 /// many vectors of each next row's pass 1 in one loop. Advancing one vector per vector of
 /// pass 2 spent more instructions on `Ahead`'s state and the prefetch ranges than on the
 /// arithmetic (seen in a `perf` profile): 2 threads, 4096×4096 f32 backward 0.70 → 0.79 of
-/// copy; other shapes unchanged within noise.
+/// copy; other shapes unchanged within noise. 8 measured no better (one thread, both
+/// builds run at once: 48×768 0.65 ns/elem either way, 64×4096 1.02 → 1.08).
 const PASS2_CHUNK: usize = 4;
 
 /// Backward pass 2, in f32, for one row: [`pass2`] with a group of one.
