@@ -785,6 +785,15 @@ fn backward_rows<
             .map(|dx| &mut dx[row(r).start..row(end - 1).end]);
         let rows_of = |k: usize| row(r + k);
         if group == GROUP && terms.iter().all(Option::is_some) {
+            let mut dxs = block_dx.take().map(|d| d.chunks_exact_mut(cols));
+            let lanes: [Lane<'_, T>; GROUP] = std::array::from_fn(|k| Lane {
+                x: &x[rows_of(k)],
+                dy: &dy[rows_of(k)],
+                dsum: dsum.map(|ds| &ds[rows_of(k)]),
+                dx: dxs.as_mut().and_then(Iterator::next),
+                terms: terms[k].unwrap(),
+            });
+            let (dw, db) = (dw.as_deref_mut(), db.as_deref_mut());
             let next_rows = |k: usize| row(end + k);
             let mut ahead = if next_group == GROUP {
                 Some(Ahead::new(
@@ -799,35 +808,7 @@ fn backward_rows<
             } else {
                 None
             };
-            let (dw, db) = (dw.as_deref_mut(), db.as_deref_mut());
-            let group_terms = terms.map(Option::unwrap);
-            let rows_span = row(r).start..row(end - 1).end;
-            match (block_dx.take(), dsum, dw, db) {
-                // Training's usual cases: the group's rows as one run of memory each.
-                (Some(dxg), None, dw, db) if dw.is_some() == db.is_some() => {
-                    let (xg, dyg) = (&x[rows_span.clone()], &dy[rows_span]);
-                    let g = Group {
-                        x: xg,
-                        dy: dyg,
-                        dx: dxg,
-                        cols,
-                        terms: group_terms,
-                    };
-                    let partials = dw.zip(db);
-                    pass2_grouped::<S, T, W, GROUP>(s, g, weight, partials, stream, ahead.as_mut());
-                }
-                (block_dx, dsum, dw, db) => {
-                    let mut dxs = block_dx.map(|d| d.chunks_exact_mut(cols));
-                    let lanes: [Lane<'_, T>; GROUP] = std::array::from_fn(|k| Lane {
-                        x: &x[rows_of(k)],
-                        dy: &dy[rows_of(k)],
-                        dsum: dsum.map(|ds| &ds[rows_of(k)]),
-                        dx: dxs.as_mut().and_then(Iterator::next),
-                        terms: group_terms[k],
-                    });
-                    pass2::<S, T, W, GROUP>(s, lanes, weight, dw, db, stream, ahead.as_mut());
-                }
-            }
+            pass2::<S, T, W, GROUP>(s, lanes, weight, dw, db, stream, ahead.as_mut());
             if let Some(ahead) = ahead {
                 terms = ahead.finish::<W>(s, weight);
                 terms_ready = true;
@@ -1404,186 +1385,6 @@ fn pass2_dense<
         }
         if let Some(ahead) = ahead.as_deref_mut() {
             ahead.advance::<W>(s, weight, vectors * R);
-        }
-    }
-}
-
-/// The rows of a pass-2 group with dx and no fused residual, as one run of memory per array
-/// (the rows are consecutive): row k's column i is at `k·cols + i`.
-struct Group<'a, T, const R: usize> {
-    x: &'a [T],
-    dy: &'a [T],
-    dx: &'a mut [T],
-    cols: usize,
-    terms: [Pass2; R],
-}
-
-/// [`pass2`] for a [`Group`] whose dγ and dβ partials are both wanted (`partials`) or both
-/// not: the head and tail staged as there, the whole vectors in [`pass2_group_loop`].
-#[inline(always)]
-fn pass2_grouped<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const R: usize>(
-    s: S,
-    g: Group<'_, T, R>,
-    weight: &[f32],
-    mut partials: Option<(&mut [f64], &mut [f64])>,
-    stream: bool,
-    ahead: Option<&mut Ahead<'_, S, T, R>>,
-) {
-    let Group {
-        x,
-        dy,
-        dx,
-        cols,
-        terms,
-    } = g;
-    let l = S::LANES;
-    let head = if stream { head_len::<S, T>(dx) } else { 0 };
-    let end = head + (cols - head) / l * l;
-    let mut dxs = dx.chunks_exact_mut(cols);
-    let mut lanes: [Lane<'_, T>; R] = std::array::from_fn(|k| Lane {
-        x: &x[k * cols..(k + 1) * cols],
-        dy: &dy[k * cols..(k + 1) * cols],
-        dsum: None,
-        dx: dxs.next(),
-        terms: terms[k],
-    });
-    // (The staged columns first: every column's partials are updated once either way.)
-    for cut in [0..head, end..cols] {
-        if !cut.is_empty() {
-            let (dw, db) = match partials.as_mut() {
-                Some((dw, db)) => (Some(&mut **dw), Some(&mut **db)),
-                None => (None, None),
-            };
-            pass2_staged::<S, T, W, R>(s, &mut lanes, weight, dw, db, cut);
-        }
-    }
-    let consts = pass2_consts(s, &lanes);
-    let g = (x, dy, dx, cols);
-    let span = head..end;
-    match partials {
-        Some((dw, db)) => {
-            pass2_group_loop::<S, T, W, R, true>(s, g, &consts, weight, dw, db, span, stream, ahead)
-        }
-        None => pass2_group_loop::<S, T, W, R, false>(
-            s,
-            g,
-            &consts,
-            weight,
-            &mut [],
-            &mut [],
-            span,
-            stream,
-            ahead,
-        ),
-    }
-}
-
-/// The whole vectors of [`pass2_grouped`] (`span`, a multiple of `LANES` long), with dγ and
-/// dβ both wanted (`D`) or both not: the arithmetic of [`pass2_general`], the same sums in
-/// the same order, but a chunk of columns at a time, row by row within it (see
-/// [`pass2_group_chunk`]).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn pass2_group_loop<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    const W: bool,
-    const R: usize,
-    const D: bool,
->(
-    s: S,
-    (x, dy, dx, cols): (&[T], &[T], &mut [T], usize),
-    consts: &[[S::F32; 5]; R],
-    weight: &[f32],
-    dweight: &mut [f64],
-    dbias: &mut [f64],
-    span: std::ops::Range<usize>,
-    stream: bool,
-    mut ahead: Option<&mut Ahead<'_, S, T, R>>,
-) {
-    let l = S::LANES;
-    let mut i = span.start;
-    while i + l <= span.end {
-        // (Two copies, each with a constant width: its sums stay in registers.)
-        let vectors = if i + PASS2_CHUNK * l <= span.end {
-            pass2_group_chunk::<S, T, W, R, D, PASS2_CHUNK>(
-                s,
-                (x, dy, &mut *dx, cols),
-                consts,
-                weight,
-                (&mut *dweight, &mut *dbias),
-                i,
-                stream,
-            );
-            PASS2_CHUNK
-        } else {
-            pass2_group_chunk::<S, T, W, R, D, 1>(
-                s,
-                (x, dy, &mut *dx, cols),
-                consts,
-                weight,
-                (&mut *dweight, &mut *dbias),
-                i,
-                stream,
-            );
-            1
-        };
-        i += vectors * l;
-        if let Some(ahead) = ahead.as_deref_mut() {
-            ahead.advance::<W>(s, weight, vectors * R);
-        }
-    }
-}
-
-/// `V` vectors of columns from `i` on, for every row of the group: row by row, each row's
-/// arrays cut to the chunk once, the chunk's dγ/dβ sums (2·V f64 vectors each) kept in
-/// registers across the rows, then added to the partials. The same sums as lane by lane per
-/// vector (the rows are added in order), with three slices live instead of one per row and
-/// array: looping over the rows inside each vector, LLVM kept twelve row pointers, spilled
-/// them, and reloaded them every vector.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn pass2_group_chunk<
-    S: Simd,
-    T: Storage + Element<Compute = f32>,
-    const W: bool,
-    const R: usize,
-    const D: bool,
-    const V: usize,
->(
-    s: S,
-    (x, dy, dx, cols): (&[T], &[T], &mut [T], usize),
-    consts: &[[S::F32; 5]; R],
-    weight: &[f32],
-    (dweight, dbias): (&mut [f64], &mut [f64]),
-    i: usize,
-    stream: bool,
-) {
-    let (l, zero) = (S::LANES, s.splat64(0.0));
-    let width = V * S::LANES;
-    let w = if W { &weight[i..i + width] } else { &[] };
-    let (mut aw, mut ab) = ([[zero; 2]; V], [[zero; 2]; V]);
-    for (k, &c) in consts.iter().enumerate() {
-        let at = k * cols + i..k * cols + i + width;
-        let (xk, dyk, dxk) = (&x[at.clone()], &dy[at.clone()], &mut dx[at]);
-        for v in 0..V {
-            let o = v * l;
-            let wv = if W { Some(s.load_f32(&w[o..])) } else { None };
-            let (xv, dyv) = (T::load(s, &xk[o..]), T::load(s, &dyk[o..]));
-            let sums = (D.then_some(&mut aw[v]), D.then_some(&mut ab[v]));
-            let value = pass2_vector(s, xv, dyv, wv, c, k, sums);
-            if stream {
-                T::stream(s, &mut dxk[o..], value);
-            } else {
-                T::store(s, &mut dxk[o..], value);
-            }
-        }
-    }
-    if D {
-        for v in 0..V {
-            let o = i + v * l;
-            accumulate(s, &mut dweight[o..], aw[v]);
-            accumulate(s, &mut dbias[o..], ab[v]);
         }
     }
 }
