@@ -206,6 +206,25 @@ pub(crate) fn prefetch<T>(data: &[T], range: std::ops::Range<usize>) {
     let _ = (data, range);
 }
 
+/// Asks the CPU to start loading into L1 the cache line that holds `data[i]` (a hint: it
+/// never faults and may be ignored; nothing is asked for past the slice). For a reader that
+/// moves a fixed number of bytes per step: one request per step, no line arithmetic.
+#[inline(always)]
+pub(crate) fn prefetch_line<T>(data: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = data.get(i) {
+        // SAFETY: the address is that of an element of `data`. Prefetch needs only SSE, part
+        // of the x86-64 baseline, and never faults.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                std::ptr::from_ref(v).cast::<i8>(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, i);
+}
+
 /// The byte offsets, from `base`, of the lines [`prefetch`] asks for: of a slice at address
 /// `base` holding `len` elements of `size` bytes, the 64-byte lines that begin inside
 /// elements `range` (clamped to the slice), and `base` itself when the range starts at 0.

@@ -33,7 +33,7 @@
 //! the tail, through buffers one vector long with the same vector arithmetic, so a result
 //! never depends on where the output starts in memory.
 
-use crate::arch::{prefetch, Simd, Storage, WithSimd};
+use crate::arch::{prefetch, prefetch_line, Simd, Storage, WithSimd};
 use crate::dtype::{to_f64, Element};
 
 use super::portable::{self, in_safe_range, RowGrads, RowStats};
@@ -51,9 +51,10 @@ const PREFETCH_AHEAD: usize = 4 << 10;
 /// Software prefetch that runs ahead of a reader: the reader of `data[at..]` (each of the
 /// `N` arrays, read in step; rows follow each other in them) calls [`Lookahead::touch`] with
 /// the range it is about to read, relative to `at`, and the lines [`PREFETCH_AHEAD`] bytes
-/// further on are requested (none past the block's end): in forward one or two requests per
-/// vector step, spread through the arithmetic; in backward the lines of one chunk of pass 1
-/// (see [`PASS2_CHUNK`]) together. The kernels used to request the whole next row when
+/// further on are requested (none past the block's end): one request per line and array per
+/// vector step, spread through the arithmetic ([`Lookahead::touch_step`], in forward and in
+/// backward's single rows), or the lines of one chunk of pass 1 together (backward's groups,
+/// see [`PASS2_CHUNK`]). The kernels used to request the whole next row when
 /// a row started; 8192×768 backward, one thread, ns/elem: 1.37–1.48 that way, 1.27–1.34
 /// with no software prefetch at all, 1.11–1.13 spread. (Our reading, without counters on
 /// this VM: a burst of requests larger than the core's line-fill buffers stalls it, and the
@@ -71,6 +72,20 @@ impl<'a, T, const N: usize> Lookahead<'a, T, N> {
     fn touch(&self, range: std::ops::Range<usize>) {
         for d in self.0 {
             prefetch(d, range.clone());
+        }
+    }
+
+    /// [`Lookahead::touch`] for a reader that moves `n` elements (at most a few lines) per
+    /// step, from `at` on: the line of each 64 bytes of the step, without the general
+    /// range's line arithmetic. Where a step is shorter than a line, the line is asked for
+    /// again by the next step (a hint, and cheap).
+    #[inline(always)]
+    fn touch_step(&self, j: usize, n: usize) {
+        let size = std::mem::size_of::<T>();
+        for d in self.0 {
+            for k in (0..n * size).step_by(64) {
+                prefetch_line(d, j + k / size);
+            }
         }
     }
 }
@@ -207,7 +222,7 @@ fn add_row<S: Simd, T: Storage + Element<Compute = f32>>(
     let (n, l) = (x.len(), S::LANES);
     let mut i = 0;
     while i + l <= n {
-        lookahead.touch(i..i + l);
+        lookahead.touch_step(i, l);
         T::store(
             s,
             &mut sum[i..],
@@ -494,7 +509,7 @@ fn normalize<
                 let bs = if B { &bias[span.clone()] } else { &[] };
                 let mut j = 0;
                 while j + 2 * l <= nxs.len() {
-                    lookahead.touch(j..j + 2 * l);
+                    lookahead.touch_step(j, 2 * l);
                     acc.step(s, nxs, j);
                     normalize_pair::<S, T, W, B, NT>(s, c, xs, ws, bs, ys, j);
                     j += 2 * l;
@@ -503,7 +518,7 @@ fn normalize<
             i = span.end;
             let mut j = span.len();
             while j + 2 * l <= nx.len() {
-                lookahead.touch(j..j + 2 * l);
+                lookahead.touch_step(j, 2 * l);
                 acc.step(s, nx, j);
                 j += 2 * l;
             }
@@ -957,35 +972,61 @@ impl<S: Simd> TermSums<S> {
         dbias: &mut [f64],
     ) {
         let pivot = s.splat64(mean);
-        // Local accumulators: through `self` LLVM kept one of them in memory, a
-        // store-to-load chain per vector.
-        let (mut sd, mut sg, mut sgd) = (self.sd, self.sg, self.sgd);
+        // A local copy of the accumulators: through `self` LLVM kept one of them in memory,
+        // a store-to-load chain per vector.
+        let mut acc = self.copy();
         // Every array cut to the span first: fewer bounds checks in the loop.
         let (x, dy) = (&x[span.clone()], &dy[span.clone()]);
         let weight = if W { &weight[span.clone()] } else { &[] };
         let dbias = if DB { &mut dbias[span] } else { &mut [] };
         let mut i = 0;
         while i + S::LANES <= x.len() {
-            let xs = T::load_wide(s, &x[i..]);
-            let dys = T::load_wide(s, &dy[i..]);
-            let gs = if W {
-                let w = s.load_f32_wide(&weight[i..]);
-                [s.mul64(dys[0], w[0]), s.mul64(dys[1], w[1])]
-            } else {
-                dys
-            };
-            for h in 0..2 {
-                let d = s.sub64(xs[h], pivot);
-                sd[h] = s.add64(sd[h], d);
-                sg[h] = s.add64(sg[h], gs[h]);
-                sgd[h] = s.mul_add64(gs[h], d, sgd[h]);
-            }
-            if DB {
-                accumulate(s, &mut dbias[i..], dys);
-            }
+            acc.step::<T, W, DB>(s, x, dy, weight, pivot, dbias, i);
             i += S::LANES;
         }
-        (self.sd, self.sg, self.sgd) = (sd, sg, sgd);
+        *self = acc;
+    }
+
+    /// The accumulators, copied (for a loop to keep in registers).
+    #[inline(always)]
+    fn copy(&self) -> Self {
+        TermSums {
+            sd: self.sd,
+            sg: self.sg,
+            sgd: self.sgd,
+        }
+    }
+
+    /// Adds the vector at column `i` (the dβ partials `dbias` indexed like x, used if `DB`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn step<T: Storage + Element<Compute = f32>, const W: bool, const DB: bool>(
+        &mut self,
+        s: S,
+        x: &[T],
+        dy: &[T],
+        weight: &[f32],
+        pivot: S::F64,
+        dbias: &mut [f64],
+        i: usize,
+    ) {
+        let xs = T::load_wide(s, &x[i..]);
+        let dys = T::load_wide(s, &dy[i..]);
+        let gs = if W {
+            let w = s.load_f32_wide(&weight[i..]);
+            [s.mul64(dys[0], w[0]), s.mul64(dys[1], w[1])]
+        } else {
+            dys
+        };
+        for h in 0..2 {
+            let d = s.sub64(xs[h], pivot);
+            self.sd[h] = s.add64(self.sd[h], d);
+            self.sg[h] = s.add64(self.sg[h], gs[h]);
+            self.sgd[h] = s.mul_add64(gs[h], d, self.sgd[h]);
+        }
+        if DB {
+            accumulate(s, &mut dbias[i..], dys);
+        }
     }
 
     /// Adds columns `i..` (less than one vector), to the dβ partials too where given, and
@@ -1130,11 +1171,13 @@ impl<'a, S: Simd, T: Storage + Element<Compute = f32>, const R: usize> Ahead<'a,
 }
 
 /// Vectors of backward pass 2 between two calls of [`Ahead::advance`], which then runs as
-/// many vectors of each next row's pass 1 in one loop. Advancing one vector per vector of
-/// pass 2 spent more instructions on `Ahead`'s state and the prefetch ranges than on the
-/// arithmetic (seen in a `perf` profile): 2 threads, 4096×4096 f32 backward 0.70 → 0.79 of
-/// copy; other shapes unchanged within noise. 8 measured no better (one thread, both
-/// builds run at once: 48×768 0.65 ns/elem either way, 64×4096 1.02 → 1.08).
+/// many vectors of each next row's pass 1 in one loop (groups of rows; a single row followed
+/// by another interleaves the two passes vector by vector, see [`pass2_fused`]). Advancing
+/// one vector per vector of pass 2 through `Ahead` spent more instructions on its state and
+/// the prefetch ranges than on the arithmetic (seen in a `perf` profile): 2 threads,
+/// 4096×4096 f32 backward 0.70 → 0.79 of copy; other shapes unchanged within noise. 8
+/// measured no better (one thread, both builds run at once: 48×768 0.65 ns/elem either way,
+/// 64×4096 1.02 → 1.08).
 const PASS2_CHUNK: usize = 4;
 
 /// Backward pass 2, in f32, for one row: [`pass2`] with a group of one.
@@ -1359,39 +1402,144 @@ fn pass2_dense<
     } else {
         &mut []
     };
-    let zero = s.splat64(0.0);
+    let mut dx = dx;
     let mut j = 0;
+    // A single row followed by another: the next row's pass 1 runs vector by vector in this
+    // loop (see pass2_fused).
+    if let (1, Some(next)) = (R, ahead.as_deref_mut()) {
+        j = match next.dbias.take() {
+            Some(db) => {
+                let j = pass2_fused::<S, T, W, R, DW, true>(
+                    s, x, dy, &mut dx, consts, w, dweight, stream, next, weight, db,
+                );
+                next.dbias = Some(db);
+                j
+            }
+            None => pass2_fused::<S, T, W, R, DW, false>(
+                s,
+                x,
+                dy,
+                &mut dx,
+                consts,
+                w,
+                dweight,
+                stream,
+                next,
+                weight,
+                &mut [],
+            ),
+        };
+    }
     while j + l <= n {
         let vectors = ((n - j) / l).min(PASS2_CHUNK);
         for _ in 0..vectors {
-            let at = j..j + l;
-            let wv = if W {
-                Some(s.load_f32(&w[at.clone()]))
-            } else {
-                None
-            };
-            let mut aw = [zero; 2];
-            for k in 0..R {
-                let (xv, dyv) = (
-                    T::load(s, &x[k][at.clone()]),
-                    T::load(s, &dy[k][at.clone()]),
-                );
-                let sums = (DW.then_some(&mut aw), None);
-                let v = pass2_vector(s, xv, dyv, wv, consts[k], k, sums);
-                if stream {
-                    T::stream(s, &mut dx[k][at.clone()], v);
-                } else {
-                    T::store(s, &mut dx[k][at.clone()], v);
-                }
-            }
-            if DW {
-                accumulate(s, &mut dweight[at], aw);
-            }
+            dense_vector::<S, T, W, R, DW>(s, &x, &dy, &mut dx, consts, w, dweight, j, stream);
             j += l;
         }
         if let Some(ahead) = ahead.as_deref_mut() {
             ahead.advance::<W>(s, weight, vectors * R);
         }
+    }
+}
+
+/// Pass 2 of one row in [`pass2_dense`] with pass 1 of the next row (`next`, not yet begun)
+/// in the same loop, one vector of each per step, as far as both rows have whole vectors;
+/// returns that many columns. What is left of pass 1 is left in `next`, which carries on from
+/// there. Pass 1 adds the same vectors to the same accumulators, in the same order, as
+/// [`TermSums::run`]: the same bits. Before, chunks of [`PASS2_CHUNK`] vectors alternated
+/// with [`Ahead::advance`]: two loops of four trips per chunk (an exit branch each), `Ahead`'s
+/// state and the prefetch range arithmetic, ~89 instructions per vector against ~75 now
+/// (`perf annotate`). 2 threads, f32, A/B medians of 5: 8192×768 backward 0.64 → 0.72 of
+/// copy, 1600×128 0.43 → 0.53.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pass2_fused<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    const W: bool,
+    const R: usize,
+    const DW: bool,
+    const DB: bool,
+>(
+    s: S,
+    x: [&[T]; R],
+    dy: [&[T]; R],
+    dx: &mut [&mut [T]; R],
+    consts: &[[S::F32; 5]; R],
+    w: &[f32],
+    dweight: &mut [f64],
+    stream: bool,
+    next: &mut Ahead<'_, S, T, R>,
+    weight: &[f32],
+    dbias: &mut [f64],
+) -> usize {
+    let l = S::LANES;
+    let m = (x[0].len() / l).min(next.x[0].len() / l) * l;
+    // Every array cut to the m columns first: fewer bounds checks in the loop.
+    let (x, dy) = (x.map(|v| &v[..m]), dy.map(|v| &v[..m]));
+    let mut dx = dx.each_mut().map(|v| &mut v[..m]);
+    let w = if W { &w[..m] } else { &[] };
+    let dweight = if DW { &mut dweight[..m] } else { &mut [] };
+    let (nx, ndy) = (&next.x[0][..m], &next.dy[0][..m]);
+    let nw = if W { &weight[..m] } else { &[] };
+    let dbias = if DB { &mut dbias[..m] } else { &mut [] };
+    let pivot = s.splat64(next.stats[0].0);
+    let lookahead = next.lookahead;
+    let mut acc = next.acc.copy();
+    let mut j = 0;
+    while j + l <= m {
+        lookahead.touch_step(j, l);
+        acc.step::<T, W, DB>(s, nx, ndy, nw, pivot, dbias, j);
+        dense_vector::<S, T, W, R, DW>(s, &x, &dy, &mut dx, consts, w, dweight, j, stream);
+        j += l;
+    }
+    next.acc = acc;
+    next.col = m;
+    m
+}
+
+/// The vector at column `j` of [`pass2_dense`]'s arrays.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dense_vector<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    const W: bool,
+    const R: usize,
+    const DW: bool,
+>(
+    s: S,
+    x: &[&[T]; R],
+    dy: &[&[T]; R],
+    dx: &mut [&mut [T]; R],
+    consts: &[[S::F32; 5]; R],
+    w: &[f32],
+    dweight: &mut [f64],
+    j: usize,
+    stream: bool,
+) {
+    let at = j..j + S::LANES;
+    let wv = if W {
+        Some(s.load_f32(&w[at.clone()]))
+    } else {
+        None
+    };
+    let mut aw = [s.splat64(0.0); 2];
+    for k in 0..R {
+        let (xv, dyv) = (
+            T::load(s, &x[k][at.clone()]),
+            T::load(s, &dy[k][at.clone()]),
+        );
+        let sums = (DW.then_some(&mut aw), None);
+        let v = pass2_vector(s, xv, dyv, wv, consts[k], k, sums);
+        if stream {
+            T::stream(s, &mut dx[k][at.clone()], v);
+        } else {
+            T::store(s, &mut dx[k][at.clone()], v);
+        }
+    }
+    if DW {
+        accumulate(s, &mut dweight[at], aw);
     }
 }
 
