@@ -111,22 +111,52 @@ pub trait Simd: Copy + Send + Sync + 'static {
     }
 }
 
-/// Outputs larger than the cache this process can count on are written with non-temporal
-/// stores: they could not stay in cache anyway, would only evict the inputs, and skipping the
-/// read-for-ownership saves a third of the memory traffic. That cache is the last-level cache
-/// from sysfs (32 MiB where it cannot be read), but at most 8 MiB per core: in a VM, Linux
-/// reports the host's whole LLC (260 MiB on the 2-core machines here), shared with every other
-/// tenant. Measured there (`layernorm bench --threads 2`, f32 forward, non-temporal against
-/// plain stores): 4 MiB outputs 0.45 against 0.53 of copy, 16 MiB 0.56–0.60 against 0.55,
-/// 32–64 MiB 0.79 against 0.62. `LAYERNORM_STREAM_MIN_BYTES` overrides the threshold, for tests
-/// and measurements.
-pub(crate) static STREAM_MIN_BYTES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
-    let from_env = std::env::var("LAYERNORM_STREAM_MIN_BYTES")
+/// Whether an output like `out` is written with non-temporal stores.
+///
+/// f32 outputs larger than the cache this process can count on are: they could not stay in
+/// cache anyway, would only evict the inputs, and skipping the read-for-ownership saves a
+/// third of the memory traffic. That cache is the last-level cache from sysfs (32 MiB where
+/// it cannot be read), but at most 8 MiB per core: in a VM, Linux reports the host's whole
+/// LLC (260 MiB on the 2-core machines here), shared with every other tenant. Measured there
+/// (`layernorm bench --threads 2`, f32 forward, non-temporal against plain stores): 4 MiB
+/// outputs 0.45 against 0.53 of copy, 16 MiB 0.56–0.60 against 0.55, 32–64 MiB 0.79 against
+/// 0.62.
+///
+/// f16 and bf16 outputs never are: their kernels run well below the memory's speed (the
+/// narrowing costs more than the traffic), so the saved traffic buys nothing, and plain
+/// stores measured as fast or faster at every size (2 threads, plain against non-temporal,
+/// medians of 3–5: bf16 4096² forward 0.57–0.59 against 0.47–0.55 of copy, backward
+/// 0.32–0.34 against 0.28–0.32; 1024×65536 forward 0.63 against 0.58; f16 4096² forward 0.73
+/// against 0.66, backward 0.36 against 0.32; 1024×65536 alike).
+///
+/// `LAYERNORM_STREAM_MIN_BYTES` sets the threshold for every type, for tests and
+/// measurements.
+pub(crate) fn stream_output<T>(out: &[T]) -> bool {
+    let (size, bytes) = (std::mem::size_of::<T>(), std::mem::size_of_val(out));
+    streams(size, bytes, *STREAM_MIN_BYTES_ENV, || *STREAM_MIN_BYTES)
+}
+
+/// [`stream_output`]'s rule for `bytes` of elements of `size` bytes, given the environment's
+/// threshold and the default one.
+fn streams(size: usize, bytes: usize, env: Option<usize>, default: impl Fn() -> usize) -> bool {
+    match env {
+        Some(min) => bytes >= min,
+        None => size >= 4 && bytes >= default(),
+    }
+}
+
+/// `LAYERNORM_STREAM_MIN_BYTES`, when set (see [`stream_output`]).
+static STREAM_MIN_BYTES_ENV: std::sync::LazyLock<Option<usize>> = std::sync::LazyLock::new(|| {
+    std::env::var("LAYERNORM_STREAM_MIN_BYTES")
         .ok()
-        .and_then(|v| v.parse().ok());
+        .and_then(|v| v.parse().ok())
+});
+
+/// The smallest f32 output written with non-temporal stores (see [`stream_output`]).
+static STREAM_MIN_BYTES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let llc = last_level_cache_bytes().unwrap_or(32 << 20);
-    from_env.unwrap_or_else(|| llc.min(cores.saturating_mul(8 << 20)))
+    llc.min(cores.saturating_mul(8 << 20))
 });
 
 /// The size of the highest-level data cache, as Linux reports it ("260M", "32768K").
@@ -584,6 +614,18 @@ mod tests {
     fn neon_is_available_on_aarch64() {
         let kinds: Vec<_> = super::Isa::available().iter().map(|i| i.kind()).collect();
         assert!(kinds.contains(&super::IsaKind::Neon), "{kinds:?}");
+    }
+
+    /// Only f32 (and wider) outputs stream by default, from the threshold on; the
+    /// environment's threshold applies to every type.
+    #[test]
+    fn which_outputs_stream() {
+        let min = || 16 << 20;
+        assert!(super::streams(4, 16 << 20, None, min));
+        assert!(!super::streams(4, (16 << 20) - 4, None, min));
+        assert!(!super::streams(2, 1 << 30, None, min));
+        assert!(super::streams(2, 2, Some(0), min));
+        assert!(!super::streams(4, 1 << 30, Some(usize::MAX), min));
     }
 
     /// A reader walking a slice in consecutive ranges asks for every line the slice touches

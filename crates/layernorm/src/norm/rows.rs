@@ -62,7 +62,7 @@ pub(crate) fn forward<T: Element, P: ParamOf<T>>(
         norm,
         cols: shape.cols,
         eps,
-        stream: std::mem::size_of_val(y) >= *arch::STREAM_MIN_BYTES,
+        stream: arch::stream_output(y),
         weight: weight.as_deref(),
         bias: bias.as_deref(),
         x,
@@ -144,7 +144,7 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
     let stream = grads
         .dx
         .as_deref()
-        .is_some_and(|dx| std::mem::size_of_val(dx) >= *arch::STREAM_MIN_BYTES);
+        .is_some_and(|dx| arch::stream_output(dx));
     let weight = T::kernel_params(weight);
     let work = BackwardBlock {
         norm,
