@@ -1449,8 +1449,10 @@ fn pass2_dense<
 /// [`TermSums::run`]: the same bits. Before, chunks of [`PASS2_CHUNK`] vectors alternated
 /// with [`Ahead::advance`]: two loops of four trips per chunk (an exit branch each), `Ahead`'s
 /// state and the prefetch range arithmetic, ~89 instructions per vector against ~75 now
-/// (`perf annotate`). 2 threads, f32, A/B medians of 5: 8192×768 backward 0.64 → 0.72 of
-/// copy, 1600×128 0.43 → 0.53.
+/// (`perf annotate`). 2 threads, f32, 8192×768 backward: the kernel alone, builds
+/// alternating, 0.87–1.01 → 0.76–0.88 ns/elem (means of runs); `layernorm bench` A/Bs on a
+/// very noisy machine, medians of 5 and 8: 0.64 → 0.72 of copy once, 0.78 → 0.76 the
+/// other time.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pass2_fused<
