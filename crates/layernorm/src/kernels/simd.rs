@@ -1392,7 +1392,7 @@ fn pass2_dense<
     let (n, l) = (span.len(), S::LANES);
     let x: [&[T]; R] = std::array::from_fn(|k| &lanes[k].x[span.clone()]);
     let dy: [&[T]; R] = std::array::from_fn(|k| &lanes[k].dy[span.clone()]);
-    let dx: [&mut [T]; R] = lanes.each_mut().map(|lane| match lane.dx.as_deref_mut() {
+    let mut dx: [&mut [T]; R] = lanes.each_mut().map(|lane| match lane.dx.as_deref_mut() {
         Some(dx) => &mut dx[span.clone()],
         None => &mut [],
     });
@@ -1402,7 +1402,6 @@ fn pass2_dense<
     } else {
         &mut []
     };
-    let mut dx = dx;
     let mut j = 0;
     // A single row followed by another: the next row's pass 1 runs vector by vector in this
     // loop (see pass2_fused).
@@ -1476,6 +1475,10 @@ fn pass2_fused<
     dbias: &mut [f64],
 ) -> usize {
     let l = S::LANES;
+    debug_assert!(
+        next.row == 0 && next.col == 0,
+        "the next row's pass 1 has begun"
+    );
     let m = (x[0].len() / l).min(next.x[0].len() / l) * l;
     // Every array cut to the m columns first: fewer bounds checks in the loop.
     let (x, dy) = (x.map(|v| &v[..m]), dy.map(|v| &v[..m]));
