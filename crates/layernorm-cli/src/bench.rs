@@ -10,7 +10,15 @@
 //! second ratio says how close they come to what the memory allows.
 //! Kernel and copy runs alternate, and each figure is the median of its runs, so slow phases
 //! of a shared machine hit every side of the ratios alike.
+//!
+//! For the `into` variants a third figure says whether memory is what limits the kernel: the
+//! same kernel on a slice of the shape's rows small enough to stay in each core's cache, run
+//! over and over by every thread at once, each on its own slice and on one thread
+//! ([`Parallelism::Sequential`], so no thread start-up), in the same byte model
+//! (`cache_gbps`). `cache_ratio` (its ratio to the same copy) is the most the kernel's own
+//! arithmetic allows: where it is at or below `ratio`, no better use of memory could help.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -24,6 +32,16 @@ use crate::{BenchArgs, BenchDtype};
 
 /// The shapes measured when none are given.
 const DEFAULT_SHAPES: [(usize, usize); 4] = [(1600, 128), (8192, 768), (4096, 4096), (1024, 65536)];
+
+/// Bytes (in the byte model) each thread's in-cache slice may span: within the L2 of the
+/// cores this runs on (1–2 MiB on recent x86 server cores), leaving room for the dγ/dβ
+/// partials. The slice has at least `CACHE_MIN_ROWS` rows (or all of a shorter shape's), so
+/// that the work done once per call on the columns (γ/β widened for f16/bf16, the dγ/dβ
+/// partials zeroed, combined and rounded) stays small beside the rows' own, and backward
+/// takes the code path it takes on the whole shape (rows of 2048 columns and more go through
+/// pass 2 in groups of 4). Rows too long for that many to fit get no in-cache figure.
+const CACHE_BYTES: usize = 1 << 20;
+const CACHE_MIN_ROWS: usize = 16;
 
 /// Each measurement runs at least this long and at least `MIN_RUNS` times.
 const MIN_TIME: Duration = Duration::from_millis(300);
@@ -39,6 +57,8 @@ struct Row {
     seconds: f64,
     copy_seconds: f64,
     stream_copy_seconds: f64,
+    /// The in-cache run (`into` only): bytes per thread and per run, and GB/s over all threads.
+    cache: Option<(f64, f64)>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -89,7 +109,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             size = args.dtype.size()
         );
         outln!(
-            "\n{:>12} {:>9} {:>6} {:>9} {:>10} {:>10} {:>7} {:>10} {:>7}",
+            "in cache: the kernel on a slice of rows in each core's cache, all threads at once (its ratio: the most its arithmetic allows)"
+        );
+        outln!(
+            "\n{:>12} {:>9} {:>6} {:>9} {:>10} {:>10} {:>7} {:>10} {:>7} {:>9} {:>7}",
             "shape",
             "op",
             "variant",
@@ -98,6 +121,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "copy GB/s",
             "ratio",
             "NT GB/s",
+            "ratio",
+            "in cache",
             "ratio"
         );
     }
@@ -126,18 +151,27 @@ fn print_row(row: &Row, dtype: &str, threads: usize, isa: IsaKind, json: bool) -
     let nt_gbps = row.bytes / row.stream_copy_seconds / 1e9;
     let nt_ratio = gbps / nt_gbps;
     if json {
-        let object = serde_json::json!({
+        let mut object = serde_json::json!({
             "op": row.op, "variant": row.variant, "dtype": dtype, "rows": row.rows, "cols": row.cols,
             "threads": threads, "isa": isa.name(), "bytes": row.bytes, "seconds": row.seconds,
             "gbps": gbps, "copy_gbps": copy_gbps, "ratio": ratio,
             "stream_copy_gbps": nt_gbps, "stream_ratio": nt_ratio,
         });
+        if let Some((bytes, cache_gbps)) = row.cache {
+            object["cache_bytes"] = bytes.into();
+            object["cache_gbps"] = cache_gbps.into();
+            object["cache_ratio"] = (cache_gbps / copy_gbps).into();
+        }
         outln!("{object}");
     } else {
         let shape = format!("{}×{}", row.rows, row.cols);
         let mib = row.bytes / (1024.0 * 1024.0);
+        let cache = match row.cache {
+            Some((_, g)) => format!("{g:>9.1} {:>7.2}", g / copy_gbps),
+            None => format!("{:>9} {:>7}", "", ""),
+        };
         outln!(
-            "{shape:>12} {:>9} {:>6} {mib:>9.1} {gbps:>10.1} {copy_gbps:>10.1} {ratio:>7.2} {nt_gbps:>10.1} {nt_ratio:>7.2}",
+            "{shape:>12} {:>9} {:>6} {mib:>9.1} {gbps:>10.1} {copy_gbps:>10.1} {ratio:>7.2} {nt_gbps:>10.1} {nt_ratio:>7.2} {cache}",
             row.op,
             row.variant
         );
@@ -175,6 +209,39 @@ fn side_by_side(mut f: impl FnMut(), mut copy: impl FnMut(bool)) -> [f64; 3] {
         }
     }
     times.map(median)
+}
+
+/// Rows of the in-cache slice of a `rows`×`cols` shape whose kernel moves `bytes_per_elem`
+/// bytes per element: as many as fit in [`CACHE_BYTES`], at least [`CACHE_MIN_ROWS`] (or all
+/// of a shorter shape), or `None` where that many do not fit.
+fn cache_rows(rows: usize, cols: usize, bytes_per_elem: usize) -> Option<usize> {
+    let fit = CACHE_BYTES / cols.saturating_mul(bytes_per_elem).max(1);
+    (fit >= CACHE_MIN_ROWS.min(rows)).then_some(fit.min(rows))
+}
+
+/// GB/s of `kernel` run over and over by every thread of the current pool at once, each on
+/// its slice (`slices[thread]`, `slice_bytes` in the byte model), timed side by side with
+/// `copy` as [`side_by_side`] does; the slices stay in each core's cache.
+fn in_cache<St: Send>(
+    slices: &[Mutex<St>],
+    slice_bytes: f64,
+    kernel: impl Fn(&mut St) + Sync,
+    copy: impl FnMut(bool),
+) -> f64 {
+    // Enough runs per timing that the broadcast's start-up is noise.
+    let reps = ((CACHE_BYTES * 8) as f64 / slice_bytes).ceil().max(1.0) as usize;
+    let [seconds, ..] = side_by_side(
+        || {
+            rayon::broadcast(|ctx| {
+                let mut slice = slices[ctx.index()].lock().expect("no thread panicked");
+                for _ in 0..reps {
+                    kernel(&mut slice);
+                }
+            });
+        },
+        copy,
+    );
+    slices.len() as f64 * reps as f64 * slice_bytes / seconds / 1e9
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -243,7 +310,7 @@ fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Resu
 
     let mut out = vec![];
     let mut record =
-        |op, variant, bytes, [seconds, copy_seconds, stream_copy_seconds]: [f64; 3]| {
+        |op, variant, bytes, [seconds, copy_seconds, stream_copy_seconds]: [f64; 3], cache| {
             out.push(Row {
                 op,
                 variant,
@@ -253,9 +320,19 @@ fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Resu
                 seconds,
                 copy_seconds,
                 stream_copy_seconds,
+                cache,
             });
             progress.inc(1);
         };
+    // The in-cache slices: the first rows of x and dy, shared (read only), and outputs of each
+    // thread's own.
+    let threads = rayon::current_num_threads();
+    let elem = std::mem::size_of::<T>();
+    let (fwd_rows, bwd_rows) = (
+        cache_rows(rows, cols, 2 * elem),
+        cache_rows(rows, cols, 3 * elem),
+    );
+    let per_thread = |arrays: usize, r: usize| (arrays * r * cols) as f64 * size;
 
     let mut copy_f = vec![T::default(); n];
     let fwd_copy = |dst: &mut [T], stream| parallel_copy(&x, dst, stream);
@@ -270,7 +347,36 @@ fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Resu
         },
         |stream| fwd_copy(&mut copy_f, stream),
     );
-    record("forward", "into", fwd_bytes, t);
+    let cache = match fwd_rows {
+        Some(r) => {
+            let slices: Vec<_> = (0..threads)
+                .map(|_| Mutex::new((vec![T::default(); r * cols], vec![zero; r], vec![zero; r])))
+                .collect();
+            let slice_bytes = per_thread(2, r);
+            let cache = in_cache(
+                &slices,
+                slice_bytes,
+                |(y, mean, rstd)| {
+                    let stats = StatsMut { mean, rstd };
+                    let x = &x[..r * cols];
+                    layer_norm::forward_into(
+                        x,
+                        cols,
+                        affine,
+                        eps,
+                        y,
+                        Some(stats),
+                        Parallelism::Sequential,
+                    )
+                    .expect("valid");
+                },
+                |stream| fwd_copy(&mut copy_f, stream),
+            );
+            Some((slice_bytes, cache))
+        }
+        None => None,
+    };
+    record("forward", "into", fwd_bytes, t, cache);
     let t = side_by_side(
         || {
             let out = layer_norm::forward(&x, cols, affine, eps, par).expect("valid");
@@ -278,7 +384,7 @@ fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Resu
         },
         |stream| fwd_copy(&mut copy_f, stream),
     );
-    record("forward", "alloc", fwd_bytes, t);
+    record("forward", "alloc", fwd_bytes, t, None);
 
     let stats = layernorm::StatsRef {
         mean: &mean,
@@ -295,7 +401,51 @@ fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Resu
         },
         |stream| parallel_copy(&copy_src, &mut copy_dst, stream),
     );
-    record("backward", "into", bwd_bytes, t);
+    let cache = match bwd_rows {
+        Some(r) => {
+            let slices: Vec<_> = (0..threads)
+                .map(|_| {
+                    Mutex::new([
+                        vec![T::default(); r * cols],
+                        vec![T::default(); cols],
+                        vec![T::default(); cols],
+                    ])
+                })
+                .collect();
+            let slice_bytes = per_thread(3, r);
+            let cache = in_cache(
+                &slices,
+                slice_bytes,
+                |[dx, dw, db]| {
+                    let grads = GradsMut {
+                        dx: Some(dx),
+                        dweight: Some(dw),
+                        dbias: Some(db),
+                    };
+                    let span = ..r * cols;
+                    let stats = layernorm::StatsRef {
+                        mean: &mean[..r],
+                        rstd: &rstd[..r],
+                    };
+                    let seq = Parallelism::Sequential;
+                    layer_norm::backward_into(
+                        &dy[span],
+                        &x[span],
+                        cols,
+                        stats,
+                        Some(&w),
+                        grads,
+                        seq,
+                    )
+                    .expect("valid");
+                },
+                |stream| parallel_copy(&copy_src, &mut copy_dst, stream),
+            );
+            Some((slice_bytes, cache))
+        }
+        None => None,
+    };
+    record("backward", "into", bwd_bytes, t, cache);
     let t = side_by_side(
         || {
             let g = layer_norm::backward(&dy, &x, cols, stats, Some(&w), GradMask::ALL, par)
@@ -304,7 +454,7 @@ fn measure<T: Element>(rows: usize, cols: usize, progress: &ProgressBar) -> Resu
         },
         |stream| parallel_copy(&copy_src, &mut copy_dst, stream),
     );
-    record("backward", "alloc", bwd_bytes, t);
+    record("backward", "alloc", bwd_bytes, t, None);
     Ok(out)
 }
 
@@ -314,4 +464,21 @@ fn total_memory_bytes() -> Option<f64> {
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_cache_slices() {
+        // f32 backward (12 bytes per element): 1 MiB holds 21 rows of 4096.
+        assert_eq!(cache_rows(4096, 4096, 12), Some(21));
+        // A short shape is its own slice.
+        assert_eq!(cache_rows(4, 16, 6), Some(4));
+        assert_eq!(cache_rows(8, 65536, 1), Some(8));
+        // 16 rows of 65536 f32 (12 MiB in backward) do not fit: no figure.
+        assert_eq!(cache_rows(1024, 65536, 12), None);
+        assert_eq!(cache_rows(1, 1 << 20, 12), None);
+    }
 }

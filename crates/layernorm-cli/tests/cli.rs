@@ -2001,5 +2001,19 @@ fn bench_measures_f16() {
             "{row}"
         );
         assert!(row["gbps"].as_f64().unwrap() > 0.0, "{row}");
+        // The in-cache figure, for the `into` variants: the whole 4×16 shape is the slice.
+        if row["variant"] == "into" {
+            assert_eq!(row["cache_bytes"], row["bytes"], "{row}");
+            let cache_gbps = row["cache_gbps"].as_f64().unwrap();
+            let copy_gbps = row["copy_gbps"].as_f64().unwrap();
+            assert!(cache_gbps > 0.0, "{row}");
+            let ratio = row["cache_ratio"].as_f64().unwrap();
+            assert!(
+                (ratio - cache_gbps / copy_gbps).abs() <= 1e-9 * ratio,
+                "{row}"
+            );
+        } else {
+            assert!(row.get("cache_gbps").is_none(), "{row}");
+        }
     }
 }
