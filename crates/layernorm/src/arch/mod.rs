@@ -653,8 +653,6 @@ mod tests {
         assert!(!super::streams(4, 1 << 30, Some(usize::MAX), min));
     }
 
-    /// A reader walking a slice in consecutive ranges asks for every line the slice touches
-    /// exactly once, in order, and never for an address outside the slice.
     #[test]
     fn prefetch_for_write_leaves_memory_alone() {
         // A hint at every element, past the end and on an empty slice, at every alignment:
@@ -670,6 +668,8 @@ mod tests {
         assert!(data.iter().enumerate().all(|(i, &v)| usize::from(v) == i));
     }
 
+    /// A reader walking a slice in consecutive ranges asks for every line the slice touches
+    /// exactly once, in order, and never for an address outside the slice.
     #[test]
     fn prefetch_asks_for_each_line_once() {
         for size in [2, 4] {
