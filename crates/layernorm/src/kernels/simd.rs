@@ -11,7 +11,7 @@
 //!   pass 1  Σd, Σg, Σg·d            f64, d = x − mean, g = dy·γ (exact products)
 //!           (rows under 2048: dβ += dy here, where dy is already in f64)
 //!   pass 2  dx = rstd·g − (x̂·rstd·mean_gx + rstd·mean_g);  dγ += dy·x̂;  dβ += dy
-//!           (rows of 2048+ in groups of 4: dγ, dβ summed over the group in f64 registers,
+//!           (rows of 2048+ in pairs: dγ, dβ summed over the pair in f64 registers,
 //!           then added to the block's partials once)
 //! ```
 //!
@@ -871,16 +871,25 @@ fn backward_rows<
 }
 
 /// Rows whose dγ/dβ contributions are summed in registers before one update of the partials.
-const GROUP: usize = 4;
+///
+/// Two, not four (as until `b64eeb9`), measured on a 2-core AMD EPYC (1 MiB of L2 per core,
+/// 32 MiB of L3), f32 backward with dx, dγ and dβ, 2 threads, ns/elem, medians of 6 runs
+/// alternating builds (`backward_into` alone, against a copy in the same process): with the
+/// dense loop of [`pass2_dense`] for pairs, groups of 4 → pairs 4096×4096 0.66 → 0.48,
+/// 2048×8192 0.72 → 0.58, 1024×16384 0.62 → 0.61, 1024×65536 0.61 → 0.55; one row at a time
+/// (its dγ and dβ partials read and written once per row) gave 0.48, 0.69, 0.62 and 0.63.
+/// In cache (one thread, 8×4096) a group of 4 costs 0.72–0.81 ns/elem, a pair 0.63–0.71, a
+/// single row 0.57–0.60: four rows' constants (20 vectors) and slices do not fit in
+/// registers, and a single row pays for its partials only out of cache.
+const GROUP: usize = 2;
 
 /// Rows this long and longer go through pass 2 in groups: their f64 partials (16 bytes per
 /// column) no longer fit in L1 beside the rows, and updating them once per group instead of
-/// once per row pays (64×16384 f32: 2.6 → 2.1 ms on one AVX-512 core; 4096×4096 on two
-/// threads: 0.4 → 0.6 of copy). Shorter rows keep one row at a time: with the partials in L1,
+/// once per row pays (see [`GROUP`]). Shorter rows keep one row at a time: with the partials in L1,
 /// grouping measured no clear gain (768 columns: within the machine's noise). The longest
-/// rows keep their groups too, though a group of 65536 f32 columns (2 MiB of x and dy) spills
-/// from L2 before pass 2 reads it again: one row at a time was slower still (one thread,
-/// 256×65536: 1.37–1.45 → 1.50–1.72 ns/elem), its partials updated four times as often.
+/// rows keep their groups too, though a pair of 65536 f32 columns (1 MiB of x and dy) spills
+/// from a 1 MiB L2 before pass 2 reads it again: one row at a time was slower still, its
+/// partials updated twice as often.
 const GROUP_MIN_COLS: usize = 2048;
 
 /// The per-row constants of backward pass 2 (f32): the split mean, rstd, rstd·mean(g) and
@@ -1272,24 +1281,39 @@ fn pass2_span<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const
     ahead: Option<&mut Ahead<'_, S, T, R>>,
 ) {
     let consts = pass2_consts(s, lanes);
-    // Training's usual case (dx, no fused residual, dβ already added in pass 1) has a loop of
-    // its own, for single rows (see pass2_dense).
-    if R == 1 && dbias.is_none() && lanes.iter().all(|l| l.dx.is_some() && l.dsum.is_none()) {
-        return match dweight {
-            Some(dw) => {
-                pass2_dense::<S, T, W, R, true>(s, lanes, &consts, weight, dw, span, stream, ahead)
+    // Training's usual case (dx, no fused residual) has a loop of its own (see pass2_dense):
+    // single rows, dβ already added in pass 1, with or without dγ; pairs, with dγ and dβ
+    // both or neither.
+    if lanes.iter().all(|l| l.dx.is_some() && l.dsum.is_none()) {
+        match (R, dweight, dbias) {
+            (1, Some(dw), None) => {
+                let dense = pass2_dense::<S, T, W, R, true, false>;
+                return dense(s, lanes, &consts, weight, dw, &mut [], span, stream, ahead);
             }
-            None => pass2_dense::<S, T, W, R, false>(
-                s,
-                lanes,
-                &consts,
-                weight,
-                &mut [],
-                span,
-                stream,
-                ahead,
-            ),
-        };
+            (1 | 2, None, None) => {
+                let dense = pass2_dense::<S, T, W, R, false, false>;
+                return dense(
+                    s,
+                    lanes,
+                    &consts,
+                    weight,
+                    &mut [],
+                    &mut [],
+                    span,
+                    stream,
+                    ahead,
+                );
+            }
+            (2, Some(dw), Some(db)) => {
+                let dense = pass2_dense::<S, T, W, R, true, true>;
+                return dense(s, lanes, &consts, weight, dw, db, span, stream, ahead);
+            }
+            (_, dw, db) => {
+                return pass2_general::<S, T, W, R>(
+                    s, lanes, &consts, weight, dw, db, span, stream, ahead,
+                );
+            }
+        }
     }
     pass2_general::<S, T, W, R>(
         s, lanes, &consts, weight, dweight, dbias, span, stream, ahead,
@@ -1382,17 +1406,19 @@ fn pass2_general<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, co
     }
 }
 
-/// [`pass2_span`] where every lane has dx and none a fused residual, and dβ is not wanted
-/// here (single rows add it in pass 1, see [`backward_rows`]), with dγ's wish (`DW`) as a
-/// constant and every array cut to the span first: the same
+/// [`pass2_span`] where every lane has dx and none a fused residual: single rows, whose dβ
+/// is added in pass 1 (see [`backward_rows`]), and pairs, which add dγ and dβ here (both or
+/// neither), with the wishes (`DW`, `DB`) as constants and every array cut to the span first:
+/// the same
 /// arithmetic in the same order, in a loop without the general one's per-vector flags and
 /// with half its bounds checks (a `perf` profile showed the general loop at ~100
 /// instructions per vector, this one at ~50). 2 threads, f32 backward, A/B medians of 6:
 /// 8192×768 0.60 → 0.67 of copy; one thread, both binaries run at once on the two cores
-/// (swapped each round, medians of 6), 48×768 0.85 → 0.75 ns/elem. Single rows only: for
-/// groups of 4 rows (12 slices live in the loop) it measured slower, 64×16384 2.9 → 3.4
-/// ns/elem. (Rows of a grouped block that end it outside a group still add dβ in pass 2, in
-/// the general loop.)
+/// (swapped each round, medians of 6), 48×768 0.85 → 0.75 ns/elem. For groups of 4 rows (12
+/// slices live in the loop) it measured slower, 64×16384 2.9 → 3.4 ns/elem; for pairs
+/// faster (in cache, one thread, 8×4096: 0.72–0.82 → 0.63–0.71 ns/elem; see [`GROUP`]).
+/// (A row of a grouped block that ends it outside a pair still adds dβ in pass 2, in the
+/// general loop.)
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pass2_dense<
@@ -1401,12 +1427,14 @@ fn pass2_dense<
     const W: bool,
     const R: usize,
     const DW: bool,
+    const DB: bool,
 >(
     s: S,
     lanes: &mut [Lane<'_, T>; R],
     consts: &[[S::F32; 5]; R],
     weight: &[f32],
     dweight: &mut [f64],
+    dbias: &mut [f64],
     span: std::ops::Range<usize>,
     stream: bool,
     mut ahead: Option<&mut Ahead<'_, S, T, R>>,
@@ -1424,6 +1452,7 @@ fn pass2_dense<
     } else {
         &mut []
     };
+    let dbias = if DB { &mut dbias[span] } else { &mut [] };
     let mut j = 0;
     // A single row followed by another: the next row's pass 1 runs vector by vector in this
     // loop (see pass2_fused).
@@ -1454,7 +1483,8 @@ fn pass2_dense<
     while j + l <= n {
         let vectors = ((n - j) / l).min(PASS2_CHUNK);
         for _ in 0..vectors {
-            dense_vector::<S, T, W, R, DW>(s, &x, &dy, &mut dx, consts, w, dweight, j, stream);
+            let partials = (&mut *dweight, &mut *dbias);
+            dense_vector::<S, T, W, R, DW, DB>(s, &x, &dy, &mut dx, consts, w, partials, j, stream);
             j += l;
         }
         if let Some(ahead) = ahead.as_deref_mut() {
@@ -1517,7 +1547,8 @@ fn pass2_fused<
     while j + l <= m {
         lookahead.touch_step(j, l);
         acc.step::<T, W, DB>(s, nx, ndy, nw, pivot, dbias, j);
-        dense_vector::<S, T, W, R, DW>(s, &x, &dy, &mut dx, consts, w, dweight, j, stream);
+        let partials = (&mut *dweight, &mut [][..]);
+        dense_vector::<S, T, W, R, DW, false>(s, &x, &dy, &mut dx, consts, w, partials, j, stream);
         j += l;
     }
     next.acc = acc;
@@ -1534,6 +1565,7 @@ fn dense_vector<
     const W: bool,
     const R: usize,
     const DW: bool,
+    const DB: bool,
 >(
     s: S,
     x: &[&[T]; R],
@@ -1541,7 +1573,7 @@ fn dense_vector<
     dx: &mut [&mut [T]; R],
     consts: &[[S::F32; 5]; R],
     w: &[f32],
-    dweight: &mut [f64],
+    (dweight, dbias): (&mut [f64], &mut [f64]),
     j: usize,
     stream: bool,
 ) {
@@ -1551,13 +1583,13 @@ fn dense_vector<
     } else {
         None
     };
-    let mut aw = [s.splat64(0.0); 2];
+    let (mut aw, mut ab) = ([s.splat64(0.0); 2], [s.splat64(0.0); 2]);
     for k in 0..R {
         let (xv, dyv) = (
             T::load(s, &x[k][at.clone()]),
             T::load(s, &dy[k][at.clone()]),
         );
-        let sums = (DW.then_some(&mut aw), None);
+        let sums = (DW.then_some(&mut aw), DB.then_some(&mut ab));
         let v = pass2_vector(s, xv, dyv, wv, consts[k], k, sums);
         if stream {
             T::stream(s, &mut dx[k][at.clone()], v);
@@ -1566,7 +1598,10 @@ fn dense_vector<
         }
     }
     if DW {
-        accumulate(s, &mut dweight[at], aw);
+        accumulate(s, &mut dweight[at.clone()], aw);
+    }
+    if DB {
+        accumulate(s, &mut dbias[at], ab);
     }
 }
 

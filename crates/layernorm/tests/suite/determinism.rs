@@ -114,13 +114,13 @@ fn batch_invariance(probe_x: &[f32], probe_dy: &[f32], w: &[f32], b: &[f32], rng
     }
 }
 
-/// The kernels pipeline the rows (pass 1 of the next row, or group of four rows, inside pass
+/// The kernels pipeline the rows (pass 1 of the next row, or pair of rows, inside pass
 /// 2 of the current one) and send rows outside f32's range to an f64 path: a row's bits must
 /// not depend on which neighbours it has, on either side, in groups or not.
 #[test]
 fn a_row_gives_the_same_bits_beside_rows_on_the_f64_path() {
     let mut rng = Rand::new(31);
-    // Short rows go one by one; rows of 2048 and more in groups of four.
+    // Short rows go one by one; rows of 2048 and more in pairs.
     for cols in [768, 2053] {
         let w: Vec<f32> = rng.normals(cols, 1.0, 0.5);
         let b: Vec<f32> = rng.normals(cols, 0.0, 0.5);
@@ -211,7 +211,7 @@ fn outputs_give_the_same_bits_wherever_they_start() {
     // on (with LAYERNORM_STREAM_MIN_BYTES=0, as CI runs the suite, on every output): the
     // elements before it and the tails take the same vector arithmetic, so where an output
     // starts changes no bit of it, nor of dγ/dβ. 2053 columns: rows go through backward pass
-    // 2 in groups of 4 (and one alone), with a tail. Shifts of 0..32 elements put bf16
+    // 2 in pairs (two, and one alone), with a tail. Shifts of 0..32 elements put bf16
     // outputs at every 64-byte alignment (AVX-512 stores bf16 two vectors at a time).
     for kind in layernorm::cpu_info().available {
         on_isa(kind, || {

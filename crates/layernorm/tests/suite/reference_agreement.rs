@@ -178,8 +178,8 @@ fn suite<T: Element>() {
                 seed = seed.wrapping_add(1);
                 let offset = if seed.is_multiple_of(3) { 10.0 } else { 0.0 };
                 check_case::<T>(&Case {
-                    // 6 rows: rows of 2048 and more go through backward pass 2 in groups of
-                    // 4 (then 2 single rows).
+                    // 6 rows: rows of 2048 and more go through backward pass 2 in pairs,
+                    // each pair's pass 1 inside pass 2 of the pair before.
                     rows: 6,
                     cols,
                     kind,
