@@ -110,7 +110,7 @@ pub struct BenchArgs {
     /// Threads (default: all the CPU has).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Force an instruction set (scalar, avx2, avx512, neon) instead of the detected one.
+    /// Force an instruction set (scalar, avx2, avx512, avx512bf16, neon) instead of the detected one.
     #[arg(long)]
     pub isa: Option<String>,
     /// One JSON object per measurement on stdout instead of the table.
@@ -321,7 +321,7 @@ fn info() -> anyhow::Result<()> {
     match &cpu.requested {
         Some(r) => outln!("LAYERNORM_ISA:   {r}"),
         None => {
-            outln!("LAYERNORM_ISA:   (not set; scalar, avx2, avx512 or neon force a lower one)")
+            outln!("LAYERNORM_ISA:   (not set; scalar, avx2, avx512, avx512bf16 or neon force a lower one)")
         }
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

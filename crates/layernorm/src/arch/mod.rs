@@ -6,8 +6,9 @@
 //! compiled for it. Kernels are written once, generic over [`Simd`]; the scalar token
 //! implements the same operations on plain arrays, so every ISA runs the same algorithm.
 //!
-//! Detection runs once and is cached. `LAYERNORM_ISA=scalar|avx2|avx512|neon` forces a lower
-//! instruction set (a request for one the CPU lacks falls back to the best it has).
+//! Detection runs once and is cached. `LAYERNORM_ISA=scalar|avx2|avx512|avx512bf16|neon`
+//! forces a lower instruction set (a request for one the CPU lacks falls back to the best it
+//! has).
 
 #![allow(unsafe_code)]
 
@@ -311,6 +312,14 @@ pub trait Storage: Copy + Default + Send + Sync + 'static {
     fn load_wide<S: Simd>(simd: S, src: &[Self]) -> [S::F64; 2] {
         simd.widen(Self::load(simd, src))
     }
+    /// Runs `w` (a kernel on this type) with the AVX512_BF16 token where that changes the
+    /// code, bf16 (its stores narrow with the BF16 instructions), and with plain AVX-512
+    /// otherwise: the same code, compiled once instead of twice.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn vectorize_avx512_bf16<W: WithSimd>(t: x86_64::Avx512Bf16, w: W) -> W::Output {
+        t.without_bf16().vectorize(w)
+    }
     /// A store that may bypass the caches (see [`Simd::stream_f32`]).
     #[inline(always)]
     fn stream<S: Simd>(simd: S, dst: &mut [Self], v: S::F32) {
@@ -398,6 +407,11 @@ impl Storage for bf16 {
     fn stream<S: Simd>(simd: S, dst: &mut [bf16], v: S::F32) {
         simd.stream_bf16(dst, v)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn vectorize_avx512_bf16<W: WithSimd>(t: x86_64::Avx512Bf16, w: W) -> W::Output {
+        t.vectorize(w)
+    }
     #[inline(always)]
     fn store2<S: Simd, const NT: bool>(simd: S, dst: &mut [bf16], v: [S::F32; 2]) {
         if NT {
@@ -411,8 +425,11 @@ impl Storage for bf16 {
 /// A computation to run with the best vector instructions: [`Isa::vectorize`] calls
 /// `with_simd` inside a function compiled for the ISA's features, where the generic kernel
 /// (all `#[inline(always)]`) is inlined.
-pub(crate) trait WithSimd {
+pub trait WithSimd {
     type Output;
+    /// The element type the computation stores (it decides whether AVX512_BF16 matters, see
+    /// [`Storage::vectorize_avx512_bf16`]).
+    type Elem: Storage;
     fn with_simd<S: Simd>(self, simd: S) -> Self::Output;
 }
 
@@ -426,6 +443,8 @@ pub enum IsaKind {
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL, DQ): 16 f32 lanes.
     Avx512,
+    /// [`IsaKind::Avx512`] with AVX512_BF16, whose instructions narrow f32 to bf16.
+    Avx512Bf16,
     /// aarch64 NEON: 4 f32 lanes.
     Neon,
 }
@@ -437,6 +456,7 @@ impl IsaKind {
             IsaKind::Scalar => "scalar",
             IsaKind::Avx2 => "avx2",
             IsaKind::Avx512 => "avx512",
+            IsaKind::Avx512Bf16 => "avx512bf16",
             IsaKind::Neon => "neon",
         }
     }
@@ -446,6 +466,7 @@ impl IsaKind {
             IsaKind::Scalar,
             IsaKind::Avx2,
             IsaKind::Avx512,
+            IsaKind::Avx512Bf16,
             IsaKind::Neon,
         ]
         .into_iter()
@@ -467,7 +488,9 @@ pub enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx2(x86_64::Avx2),
     #[cfg(target_arch = "x86_64")]
-    Avx512(x86_64::Avx512),
+    Avx512(x86_64::Avx512<false>),
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16(x86_64::Avx512Bf16),
     #[cfg(target_arch = "aarch64")]
     Neon(aarch64::Neon),
 }
@@ -480,6 +503,8 @@ impl Isa {
             Isa::Avx2(_) => IsaKind::Avx2,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512(_) => IsaKind::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16(_) => IsaKind::Avx512Bf16,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon(_) => IsaKind::Neon,
         }
@@ -494,6 +519,8 @@ impl Isa {
             Isa::Avx2(t) => t.vectorize(w),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512(t) => t.vectorize(w),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16(t) => W::Elem::vectorize_avx512_bf16(t, w),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon(t) => t.vectorize(w),
         }
@@ -507,6 +534,7 @@ impl Isa {
         {
             out.extend(x86_64::Avx2::try_new().map(Isa::Avx2));
             out.extend(x86_64::Avx512::try_new().map(Isa::Avx512));
+            out.extend(x86_64::Avx512Bf16::try_new().map(Isa::Avx512Bf16));
         }
         #[cfg(target_arch = "aarch64")]
         out.extend(aarch64::Neon::try_new().map(Isa::Neon));

@@ -98,6 +98,7 @@ pub(crate) struct Backward<'a, T: Element>(pub BackwardBlock<'a, T, f32>);
 
 impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
     type Output = ();
+    type Elem = T;
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
@@ -658,6 +659,7 @@ fn normalize_staged<S: Simd, T: Storage + Element<Compute = f32>, const W: bool,
 
 impl<T: Element<Compute = f32> + Storage> WithSimd for Backward<'_, T> {
     type Output = ();
+    type Elem = T;
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {

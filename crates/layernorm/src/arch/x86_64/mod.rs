@@ -4,7 +4,7 @@ mod avx2;
 mod avx512;
 
 pub(crate) use avx2::Avx2;
-pub(crate) use avx512::Avx512;
+pub(crate) use avx512::{Avx512, Avx512Bf16};
 
 pub(super) fn features() -> Vec<(&'static str, bool)> {
     vec![
