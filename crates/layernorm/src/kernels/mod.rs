@@ -9,10 +9,12 @@
 //! type says which kernel runs a block through [`RowKernels`]: the vector kernels for the
 //! f32-computed types (f32, f16, bf16), the portable one for f64.
 
+mod long;
 pub(crate) mod portable;
 pub(crate) mod reduce;
 mod simd;
 
+pub(crate) use long::LONG_COLS;
 pub(crate) use simd::max_cancellation;
 
 use std::borrow::Cow;
@@ -21,7 +23,7 @@ use half::{bf16, f16};
 
 use crate::arch::{Isa, Storage};
 use crate::dtype::{Element, Float};
-use crate::par::{split_opt, RowSplit};
+use crate::par::{split_opt, Parallelism, RowSplit};
 
 /// Which statistics a row is normalized with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +216,27 @@ pub trait RowKernels: Sized {
     fn backward_block(isa: Isa, block: BackwardBlock<'_, Self, Self::Param>)
     where
         Self: Element;
+    /// Whether this type has the long-row path ([`RowKernels::forward_long`]).
+    const LONG_ROWS: bool;
+    /// Forward of a whole problem of rows of [`LONG_COLS`] columns or more, without fused
+    /// residual, a piece of each row at a time (see `long.rs`); `Some(block)`, untouched,
+    /// where this type has no such path (f64: the block kernels take its rows).
+    fn forward_long<'a>(
+        isa: Isa,
+        par: Parallelism,
+        block: ForwardBlock<'a, Self, Self::Param>,
+    ) -> Option<ForwardBlock<'a, Self, Self::Param>>
+    where
+        Self: Element;
+    /// Backward as [`RowKernels::forward_long`], summing dγ/dβ into the block's partials
+    /// (one block: `cols` each).
+    fn backward_long<'a>(
+        isa: Isa,
+        par: Parallelism,
+        block: BackwardBlock<'a, Self, Self::Param>,
+    ) -> Option<BackwardBlock<'a, Self, Self::Param>>
+    where
+        Self: Element;
 }
 
 /// `P: ParamOf<T>`: γ/β of type `P` can go with data of type `T` — every element type's own,
@@ -229,6 +252,7 @@ macro_rules! vector_kernels {
     ($($t:ty),*) => {$(
         impl RowKernels for $t {
             type Param = f32;
+            const LONG_ROWS: bool = true;
             fn kernel_params<P: ParamOf<Self>>(p: Option<&[P]>) -> Option<Cow<'_, [f32]>> {
                 p.map(|p| match P::as_f32_slice(p) {
                     Some(v) => Cow::Borrowed(v),
@@ -241,6 +265,22 @@ macro_rules! vector_kernels {
             fn backward_block(isa: Isa, block: BackwardBlock<'_, Self, f32>) {
                 isa.vectorize(simd::Backward(block))
             }
+            fn forward_long<'a>(
+                isa: Isa,
+                par: Parallelism,
+                block: ForwardBlock<'a, Self, f32>,
+            ) -> Option<ForwardBlock<'a, Self, f32>> {
+                long::forward(isa, par, block);
+                None
+            }
+            fn backward_long<'a>(
+                isa: Isa,
+                par: Parallelism,
+                block: BackwardBlock<'a, Self, f32>,
+            ) -> Option<BackwardBlock<'a, Self, f32>> {
+                long::backward(isa, par, block);
+                None
+            }
         }
     )*};
 }
@@ -248,6 +288,7 @@ vector_kernels!(f32, f16, bf16);
 
 impl RowKernels for f64 {
     type Param = f64;
+    const LONG_ROWS: bool = false;
     fn kernel_params<P: ParamOf<Self>>(p: Option<&[P]>) -> Option<Cow<'_, [f64]>> {
         // (P is f64 itself: the only parameter type of f64 data.)
         p.map(|p| match P::as_f64_slice(p) {
@@ -260,5 +301,19 @@ impl RowKernels for f64 {
     }
     fn backward_block(_isa: Isa, block: BackwardBlock<'_, Self, f64>) {
         portable::backward_block(block)
+    }
+    fn forward_long<'a>(
+        _isa: Isa,
+        _par: Parallelism,
+        block: ForwardBlock<'a, Self, f64>,
+    ) -> Option<ForwardBlock<'a, Self, f64>> {
+        Some(block)
+    }
+    fn backward_long<'a>(
+        _isa: Isa,
+        _par: Parallelism,
+        block: BackwardBlock<'a, Self, f64>,
+    ) -> Option<BackwardBlock<'a, Self, f64>> {
+        Some(block)
     }
 }

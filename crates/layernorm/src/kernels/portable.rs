@@ -232,34 +232,77 @@ pub(crate) fn backward_row<T: Element, P: Element>(
     x: &[T],
     dy: &[T],
     weight: Option<&[P]>,
-    (mean, rstd): (f64, f64),
+    stats: (f64, f64),
     out: RowGrads<'_, T>,
     norm: Norm,
 ) {
-    let n = x.len() as f64;
-    let scale = if rstd < f64::SCALE_RANGE.0 {
-        DOWNSCALE
-    } else {
-        1.0
-    };
-    let pivot = mean * scale;
-    let gamma = |i: usize| weight.map_or(1.0, |w| to_f64(w[i]));
-    let [sum_d, sum_g, sum_gd] = lane_sums(x.len(), |i| {
-        let d = to_f64(x[i]) * scale - pivot;
-        let g = to_f64(dy[i]) * gamma(i);
-        [d, g, g * d]
-    });
-    // RMSNorm has no mean to refine and no mean(g) term: x̂ = x·rstd.
-    let delta = if norm.centers() { sum_d / n } else { 0.0 };
-    let mean = (pivot + delta) / scale;
-    let mean_g = if norm.centers() { sum_g / n } else { 0.0 };
-    let mean_gx = (sum_gd - delta * sum_g) * (rstd / scale) / n;
-    if in_safe_range::<T::Compute>(mean, rstd) {
-        let center = SplitMean::<T::Compute>::new(mean, rstd);
-        backward_apply(x, dy, weight, &center, [rstd, mean_g, mean_gx], out);
-    } else {
-        let center = ScaledMean::new(mean, rstd);
-        backward_apply(x, dy, weight, &center, [rstd, mean_g, mean_gx], out);
+    BackwardRow::new(x, dy, weight, stats, norm).apply(x, dy, weight, out);
+}
+
+/// The constants of a row's backward pass 2, from its pass 1 over the whole row: applied to
+/// the whole row ([`backward_row`]) or to one piece of it at a time (long rows, `long.rs`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BackwardRow {
+    mean: f64,
+    rstd: f64,
+    mean_g: f64,
+    mean_gx: f64,
+}
+
+impl BackwardRow {
+    /// Pass 1 of a row from its saved `mean` (0 for RMSNorm) and `rstd`.
+    pub(crate) fn new<T: Element, P: Element>(
+        x: &[T],
+        dy: &[T],
+        weight: Option<&[P]>,
+        (mean, rstd): (f64, f64),
+        norm: Norm,
+    ) -> Self {
+        let n = x.len() as f64;
+        let scale = if rstd < f64::SCALE_RANGE.0 {
+            DOWNSCALE
+        } else {
+            1.0
+        };
+        let pivot = mean * scale;
+        let gamma = |i: usize| weight.map_or(1.0, |w| to_f64(w[i]));
+        let [sum_d, sum_g, sum_gd] = lane_sums(x.len(), |i| {
+            let d = to_f64(x[i]) * scale - pivot;
+            let g = to_f64(dy[i]) * gamma(i);
+            [d, g, g * d]
+        });
+        // RMSNorm has no mean to refine and no mean(g) term: x̂ = x·rstd.
+        let delta = if norm.centers() { sum_d / n } else { 0.0 };
+        BackwardRow {
+            mean: (pivot + delta) / scale,
+            rstd,
+            mean_g: if norm.centers() { sum_g / n } else { 0.0 },
+            mean_gx: (sum_gd - delta * sum_g) * (rstd / scale) / n,
+        }
+    }
+
+    /// Pass 2 over columns of the row (`x`, `dy`, `weight` and `out` cut alike): dx, and dγ/dβ
+    /// added to the partials.
+    pub(crate) fn apply<T: Element, P: Element>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        weight: Option<&[P]>,
+        out: RowGrads<'_, T>,
+    ) {
+        let BackwardRow {
+            mean,
+            rstd,
+            mean_g,
+            mean_gx,
+        } = *self;
+        if in_safe_range::<T::Compute>(mean, rstd) {
+            let center = SplitMean::<T::Compute>::new(mean, rstd);
+            backward_apply(x, dy, weight, &center, [rstd, mean_g, mean_gx], out);
+        } else {
+            let center = ScaledMean::new(mean, rstd);
+            backward_apply(x, dy, weight, &center, [rstd, mean_g, mean_gx], out);
+        }
     }
 }
 

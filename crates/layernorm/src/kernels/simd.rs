@@ -300,17 +300,35 @@ fn stats_from_sums<T: Storage + Element<Compute = f32>, const CENTER: bool>(
     s: impl Simd,
     x: &[T],
     eps: f64,
-    (sum_d, sum_sq): (f64, f64),
+    sums: (f64, f64),
 ) -> RowStats {
     let pivot = pivot::<T, CENTER>(x);
-    let nf = x.len() as f64;
-    let (mut mean, mut var) = if CENTER {
+    stats_from_totals(x.len(), pivot, eps, CENTER, sums, |mean| {
+        shifted_sums(s, x, mean)
+    })
+}
+
+/// The statistics of a row of `n` elements from the sums of its first pass, `(Σd, Σd²)`
+/// around `pivot` (LayerNorm: `center`; RMSNorm: `(0, Σx²)`), with `second_pass(mean)` giving
+/// the sums around `mean` when the first pass cancelled too much (see [`row_stats`]). Shared
+/// by whole rows and by long rows summed in pieces (`long.rs`).
+#[inline(always)]
+pub(crate) fn stats_from_totals(
+    n: usize,
+    pivot: f64,
+    eps: f64,
+    center: bool,
+    (sum_d, sum_sq): (f64, f64),
+    second_pass: impl FnOnce(f64) -> (f64, f64),
+) -> RowStats {
+    let nf = n as f64;
+    let (mut mean, mut var) = if center {
         let shift = sum_d / nf;
         let var = sum_sq / nf - shift * shift;
         // Second pass when Σd²/n is more than `max_cancellation` times the variance left.
-        if sum_sq / nf > max_cancellation(x.len()) * var.abs() && var.is_finite() {
+        if sum_sq / nf > max_cancellation(n) * var.abs() && var.is_finite() {
             let mean = pivot + shift;
-            let (sum_d, sum_sq) = shifted_sums(s, x, mean);
+            let (sum_d, sum_sq) = second_pass(mean);
             let shift = sum_d / nf;
             (mean + shift, sum_sq / nf - shift * shift)
         } else {
@@ -323,7 +341,7 @@ fn stats_from_sums<T: Storage + Element<Compute = f32>, const CENTER: bool>(
     if var < 0.0 {
         var = 0.0;
     }
-    if !CENTER {
+    if !center {
         mean = 0.0;
     }
     RowStats {
@@ -897,7 +915,7 @@ const GROUP_MIN_COLS: usize = 2048;
 /// The per-row constants of backward pass 2 (f32): the split mean, rstd, rstd·mean(g) and
 /// rstd·mean(g·x̂).
 #[derive(Clone, Copy, Debug)]
-struct Pass2 {
+pub(crate) struct Pass2 {
     hi: f32,
     lo: f32,
     rstd: f32,
@@ -1066,17 +1084,34 @@ impl<S: Simd> TermSums<S> {
         dy: &[T],
         weight: &[f32],
         i: usize,
-        (mean, rstd): (f64, f64),
+        stats: (f64, f64),
         center: bool,
-        mut dbias: Option<&mut [f64]>,
+        dbias: Option<&mut [f64]>,
     ) -> Option<Pass2> {
-        let n = x.len();
+        let totals = self.totals::<T, W>(s, x, dy, weight, i, stats.0, dbias);
+        pass2_terms(totals, x.len(), stats, center)
+    }
+
+    /// `[Σd, Σg, Σg·d]`, with columns `i..` (less than one vector) added one by one (to the
+    /// dβ partials too where given).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn totals<T: Storage + Element<Compute = f32>, const W: bool>(
+        self,
+        s: S,
+        x: &[T],
+        dy: &[T],
+        weight: &[f32],
+        i: usize,
+        mean: f64,
+        mut dbias: Option<&mut [f64]>,
+    ) -> [f64; 3] {
         let (mut sum_d, mut sum_g, mut sum_gd) = (
             s.reduce64(s.add64(self.sd[0], self.sd[1])),
             s.reduce64(s.add64(self.sg[0], self.sg[1])),
             s.reduce64(s.add64(self.sgd[0], self.sgd[1])),
         );
-        for j in i..n {
+        for j in i..x.len() {
             let d = to_f64(x[j]) - mean;
             let g = to_f64(dy[j]) * if W { to_f64(weight[j]) } else { 1.0 };
             sum_d += d;
@@ -1086,24 +1121,38 @@ impl<S: Simd> TermSums<S> {
                 db[j] += to_f64(dy[j]);
             }
         }
-        let nf = n as f64;
-        // The saved mean may be rounded: recover the exact one. RMSNorm has neither a mean to
-        // recover nor a mean(g) term.
-        let delta = if center { sum_d / nf } else { 0.0 };
-        let mean_g = if center { sum_g / nf } else { 0.0 };
-        let mean_gx = (sum_gd - delta * sum_g) * rstd / nf;
-        if !in_safe_range::<f32>(mean + delta, rstd) {
-            return None;
-        }
-        let (hi, lo) = split_mean(mean + delta);
-        Some(Pass2 {
-            hi,
-            lo,
-            rstd: rstd as f32,
-            c_g: (rstd * mean_g) as f32,
-            c_x: (rstd * mean_gx) as f32,
-        })
+        [sum_d, sum_g, sum_gd]
     }
+}
+
+/// The constants of backward pass 2 of a row of `n` elements, from its pass-1 sums
+/// `[Σd, Σg, Σg·d]` around the saved mean; `None` when the row is outside f32's safe range
+/// (judged, as in the portable kernel, on the refined mean) and must take the f64 path.
+/// Shared by whole rows and long rows summed in pieces (`long.rs`).
+#[inline(always)]
+pub(crate) fn pass2_terms(
+    [sum_d, sum_g, sum_gd]: [f64; 3],
+    n: usize,
+    (mean, rstd): (f64, f64),
+    center: bool,
+) -> Option<Pass2> {
+    let nf = n as f64;
+    // The saved mean may be rounded: recover the exact one. RMSNorm has neither a mean to
+    // recover nor a mean(g) term.
+    let delta = if center { sum_d / nf } else { 0.0 };
+    let mean_g = if center { sum_g / nf } else { 0.0 };
+    let mean_gx = (sum_gd - delta * sum_g) * rstd / nf;
+    if !in_safe_range::<f32>(mean + delta, rstd) {
+        return None;
+    }
+    let (hi, lo) = split_mean(mean + delta);
+    Some(Pass2 {
+        hi,
+        lo,
+        rstd: rstd as f32,
+        c_g: (rstd * mean_g) as f32,
+        c_x: (rstd * mean_gx) as f32,
+    })
 }
 
 /// Backward pass 1 of `R` rows, run a few vectors at a time inside pass 2 of the rows before
@@ -1719,4 +1768,154 @@ fn accumulate<S: Simd>(s: S, acc: &mut [f64], [v0, v1]: [S::F64; 2]) {
     let a1 = s.add64(s.load_f64(&acc[half..]), v1);
     s.store_f64(acc, a0);
     s.store_f64(&mut acc[half..], a1);
+}
+
+/// Pass 1 of a piece of a long row (see `long.rs`): `(Σd, Σd²)` around `pivot`, as
+/// [`shifted_sums`] adds a whole row.
+pub(crate) struct PieceSums<'a, T> {
+    pub x: &'a [T],
+    pub pivot: f64,
+}
+
+impl<T: Element<Compute = f32> + Storage> WithSimd for PieceSums<'_, T> {
+    type Output = (f64, f64);
+    type Elem = T;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) -> (f64, f64) {
+        shifted_sums(s, self.x, self.pivot)
+    }
+}
+
+/// Pass 2 of a piece of a long row: `y = x̂·γ + β` with the row's statistics (`weight`,
+/// `bias` and `y` cut like `x`).
+pub(crate) struct PieceNormalize<'a, T> {
+    pub x: &'a [T],
+    pub weight: Option<&'a [f32]>,
+    pub bias: Option<&'a [f32]>,
+    pub stats: RowStats,
+    pub y: &'a mut [T],
+    pub stream: bool,
+}
+
+impl<T: Element<Compute = f32> + Storage> WithSimd for PieceNormalize<'_, T> {
+    type Output = ();
+    type Elem = T;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let PieceNormalize {
+            x,
+            weight,
+            bias,
+            stats,
+            y,
+            stream,
+        } = self;
+        if stream {
+            normalize_affine::<S, T, true>(s, x, weight, bias, stats, y, None);
+            s.fence();
+        } else {
+            normalize_affine::<S, T, false>(s, x, weight, bias, stats, y, None);
+        }
+    }
+}
+
+/// Backward pass 1 of a piece of a long row: `[Σd, Σg, Σg·d]` around the saved `mean`, as
+/// [`TermSums`] adds a whole row.
+pub(crate) struct PieceTerms<'a, T> {
+    pub x: &'a [T],
+    pub dy: &'a [T],
+    pub weight: Option<&'a [f32]>,
+    pub mean: f64,
+}
+
+impl<T: Element<Compute = f32> + Storage> WithSimd for PieceTerms<'_, T> {
+    type Output = [f64; 3];
+    type Elem = T;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) -> [f64; 3] {
+        let PieceTerms {
+            x,
+            dy,
+            weight,
+            mean,
+        } = self;
+        let end = x.len() / S::LANES * S::LANES;
+        let mut acc = TermSums::new(s);
+        match weight {
+            Some(w) => {
+                acc.run::<T, true>(s, x, dy, w, mean, 0..end, None);
+                acc.totals::<T, true>(s, x, dy, w, end, mean, None)
+            }
+            None => {
+                acc.run::<T, false>(s, x, dy, &[], mean, 0..end, None);
+                acc.totals::<T, false>(s, x, dy, &[], end, mean, None)
+            }
+        }
+    }
+}
+
+/// How backward pass 2 runs a row of a long-row problem: with the vector kernel and these
+/// constants, or on the f64 path (a row outside f32's safe range).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RowPlan {
+    Vector(Pass2),
+    F64(portable::BackwardRow),
+}
+
+/// One row's piece in [`PieceGrads`]: x, dy and dx cut to the piece's columns.
+pub(crate) struct PieceRow<'a, T> {
+    pub x: &'a [T],
+    pub dy: &'a [T],
+    pub dx: Option<&'a mut [T]>,
+    pub plan: RowPlan,
+}
+
+/// Backward pass 2 of one piece of columns of every row of a long-row problem, row by row:
+/// dx, and dγ/dβ added to the piece's f64 sums in row order (`weight`, `dweight` and `dbias`
+/// cut to the piece's columns).
+pub(crate) struct PieceGrads<'a, T> {
+    pub rows: Vec<PieceRow<'a, T>>,
+    pub weight: Option<&'a [f32]>,
+    pub dweight: Option<&'a mut [f64]>,
+    pub dbias: Option<&'a mut [f64]>,
+    pub stream: bool,
+}
+
+impl<T: Element<Compute = f32> + Storage> WithSimd for PieceGrads<'_, T> {
+    type Output = ();
+    type Elem = T;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let PieceGrads {
+            rows,
+            weight,
+            mut dweight,
+            mut dbias,
+            stream,
+        } = self;
+        for row in rows {
+            let out = RowGrads {
+                dx: row.dx,
+                dsum: None,
+                dweight: dweight.as_deref_mut(),
+                dbias: dbias.as_deref_mut(),
+            };
+            match (row.plan, weight) {
+                (RowPlan::Vector(t), Some(w)) => {
+                    pass2_row::<S, T, true>(s, row.x, row.dy, w, t, out, stream, None);
+                }
+                (RowPlan::Vector(t), None) => {
+                    pass2_row::<S, T, false>(s, row.x, row.dy, &[], t, out, stream, None);
+                }
+                (RowPlan::F64(plan), w) => plan.apply(row.x, row.dy, w, out),
+            }
+        }
+        if stream {
+            s.fence();
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use crate::arch;
 use crate::dtype::{Element, Float};
 use crate::error::{Operand, Result};
-use crate::kernels::{BackwardBlock, ForwardBlock, Norm, ParamOf, Residual};
+use crate::kernels::{BackwardBlock, ForwardBlock, Norm, ParamOf, Residual, LONG_COLS};
 use crate::layout::RowsCols;
 use crate::norm::{check_eps, check_len, Affine, GradMask, Gradients, GradsMut, Stats, StatsMut};
 use crate::par::{for_each_block, Blocks, Parallelism};
@@ -72,6 +72,16 @@ pub(crate) fn forward<T: Element, P: ParamOf<T>>(
         rstd,
     };
     let isa = arch::active();
+    // Long rows (the choice depends on the row length alone, so no result depends on the
+    // number of rows) are cut into pieces; the fused residual keeps whole rows.
+    let work = if T::LONG_ROWS && shape.cols >= LONG_COLS && work.residual.is_none() {
+        match T::forward_long(isa, par, work) {
+            Some(work) => work,
+            None => return Ok(()),
+        }
+    } else {
+        work
+    };
     let blocks = Blocks::for_map(shape.rows, shape.cols);
     for_each_block(par, x.len(), blocks, work, &|block, _| {
         T::forward_block(isa, block)
@@ -135,12 +145,19 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
     let want_dw = grads.dweight.is_some();
     let want_db = grads.dbias.is_some();
     let partial_len = cols * (usize::from(want_dw) + usize::from(want_db));
-    let blocks = if partial_len > 0 {
+    // Long rows: one block, cut into pieces of columns (see `forward`).
+    let long = T::LONG_ROWS && cols >= LONG_COLS && dsum.is_none();
+    let blocks = if long {
+        Blocks::single(shape.rows)
+    } else if partial_len > 0 {
         Blocks::for_reduction(shape.rows, cols, partial_len / cols)
     } else {
         Blocks::for_map(shape.rows, cols)
     };
-    let mut partials = vec![0.0f64; blocks.count() * partial_len];
+    // Zeroed by writing (huge pages where large): a calloc'd buffer would map the zero page
+    // on the kernels' first read of each 4 KiB, then fault again (copy-on-write, with a TLB
+    // shootdown to every core) on its first write.
+    let mut partials: Vec<f64> = arch::filled_vec(blocks.count() * partial_len);
     let stream = grads
         .dx
         .as_deref()
@@ -164,9 +181,16 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
         partials: &mut partials,
     };
     let isa = arch::active();
-    for_each_block(par, x.len(), blocks, work, &|block, _| {
-        T::backward_block(isa, block)
-    });
+    let work = if long {
+        T::backward_long(isa, par, work)
+    } else {
+        Some(work)
+    };
+    if let Some(work) = work {
+        for_each_block(par, x.len(), blocks, work, &|block, _| {
+            T::backward_block(isa, block)
+        });
+    }
 
     // Combine the block partials in block order, into the first block's (so every column is
     // p0 + p1 + p2 + …, whatever the threads): the result does not depend on threads.

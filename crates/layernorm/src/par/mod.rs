@@ -89,6 +89,14 @@ impl Blocks {
         Blocks { rows, block_rows }
     }
 
+    /// All `rows` in one block.
+    pub fn single(rows: usize) -> Self {
+        Blocks {
+            rows,
+            block_rows: rows.max(1),
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.rows.div_ceil(self.block_rows)
     }

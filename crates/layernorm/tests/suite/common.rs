@@ -40,6 +40,18 @@ pub fn to_f64<T: Element>(v: T) -> f64 {
     v.widen().to_f64()
 }
 
+/// Half the spacing of `T`'s subnormals: the absolute error of rounding a result to `T` in
+/// its subnormal range, where a relative bound (a few u·|result|) does not hold. It matters
+/// for f16 (2^-25, beside outputs of order 1: a value of |x̂| below 2^-14 is stored as an
+/// f16 subnormal, one element in ~10^4 of a normal sample).
+pub fn subnormal_rounding<T: Element>() -> f64 {
+    let mut v = 1.0f64;
+    while to_f64(from_f64::<T>(v / 2.0)) != 0.0 {
+        v /= 2.0;
+    }
+    v / 2.0
+}
+
 pub fn widen_all<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|&x| to_f64(x)).collect()
 }

@@ -272,3 +272,51 @@ fn same_bits_at_every_start<T: Element>(kind: layernorm::IsaKind, shifts: usize)
         );
     }
 }
+
+/// Long rows (2^19 columns and more, cut into pieces of columns: `kernels/long.rs`): the
+/// same bits on any number of threads, and a row's outputs the same alone or beside others —
+/// among them a row whose spread sends it to the f64 path (values near ±1e35), which must
+/// itself give the bits it gives alone.
+#[test]
+fn long_rows_are_deterministic_and_batch_invariant() {
+    let cols = (1 << 19) + 37;
+    let mut rng = Rand::new(41);
+    let probe_x: Vec<f32> = rng.normals(cols, 5.0, 2.0);
+    let probe_dy: Vec<f32> = rng.normals(cols, 0.0, 1.0);
+    let huge_x: Vec<f32> = rng.normals(cols, 0.0, 1e35);
+    let w: Vec<f32> = rng.normals(cols, 1.0, 0.5);
+    let b: Vec<f32> = rng.normals(cols, 0.0, 0.5);
+    for kind in layernorm::cpu_info().available {
+        on_isa(kind, || {
+            thread_counts_agree::<f32>(2, cols);
+            thread_counts_agree::<bf16>(1, 1 << 19);
+            let alone = |x: &[f32]| run(x, &probe_dy, &w, &b, cols, Parallelism::Sequential);
+            let (probe, huge) = (alone(&probe_x), alone(&huge_x));
+            assert!(
+                huge.0.iter().all(|v| v.is_finite()),
+                "f64-path row not finite"
+            );
+            for (rows, at, huge_at) in [(2, 1, None), (3, 0, Some(2)), (3, 2, Some(1))] {
+                let mut x: Vec<f32> = rng.normals(rows * cols, 0.0, 10.0);
+                let mut dy: Vec<f32> = rng.normals(rows * cols, 0.0, 1.0);
+                let mut place = |r: usize, row: &[f32]| {
+                    x[r * cols..(r + 1) * cols].copy_from_slice(row);
+                    dy[r * cols..(r + 1) * cols].copy_from_slice(&probe_dy);
+                };
+                place(at, &probe_x);
+                if let Some(h) = huge_at {
+                    place(h, &huge_x);
+                }
+                let (y, s, g) = in_pool(2, || run(&x, &dy, &w, &b, cols, Parallelism::Rayon));
+                let dx = g.dx.as_ref().unwrap();
+                let checks = std::iter::once((at, &probe)).chain(huge_at.map(|h| (h, &huge)));
+                for (r, (y1, s1, g1)) in checks {
+                    let span = r * cols..(r + 1) * cols;
+                    assert_eq!(&y[span.clone()], &y1[..], "y, row {r} of {rows}");
+                    assert_eq!((s.mean[r], s.rstd[r]), (s1.mean[0], s1.rstd[0]));
+                    assert_eq!(&dx[span], &g1.dx.as_ref().unwrap()[..], "dx, row {r}");
+                }
+            }
+        });
+    }
+}

@@ -16,6 +16,8 @@ fn check<T: Element>(rows: usize, cols: usize, with_weight: bool, misalign: usiz
         T::NAME
     );
     let u = T::UNIT_ROUNDOFF;
+    // Each output's last rounding, to T, where it lands among T's subnormals.
+    let tiny = subnormal_rounding::<T>();
     let mut rng = Rand::new(seed);
     let pad = |v: Vec<T>| [vec![T::default(); misalign], v].concat();
     let x_buf = pad(rng.normals(rows * cols, 0.5, 2.0));
@@ -35,7 +37,7 @@ fn check<T: Element>(rows: usize, cols: usize, with_weight: bool, misalign: usiz
     let gamma = |j: usize| wf.as_ref().map_or(1.0, |w| w[j]);
     let xhat = |i: usize| xf[i] * rstd_ref[i / cols];
     let y_bound: Vec<f64> = (0..rows * cols)
-        .map(|i| (6.0 * u + depth * U64) * (xhat(i) * gamma(i % cols)).abs())
+        .map(|i| (6.0 * u + depth * U64) * (xhat(i) * gamma(i % cols)).abs() + tiny)
         .collect();
     assert_within(&format!("y {what}"), &widen_all(&y), &y_ref, &y_bound);
     let rstd_bound: Vec<f64> = rstd_ref
@@ -61,7 +63,7 @@ fn check<T: Element>(rows: usize, cols: usize, with_weight: bool, misalign: usiz
         for i in span {
             let gi = dyf[i] * gamma(i % cols);
             let terms = gi.abs() + (xhat(i) * mean_gx).abs();
-            dx_bound[i] = rs * (8.0 * u * terms + depth * U64 * xhat(i).abs() * abs_gx);
+            dx_bound[i] = rs * (8.0 * u * terms + depth * U64 * xhat(i).abs() * abs_gx) + tiny;
         }
     }
     assert_within(
@@ -74,7 +76,8 @@ fn check<T: Element>(rows: usize, cols: usize, with_weight: bool, misalign: usiz
         .map(|j| {
             (0..rows)
                 .map(|r| 6.0 * u * (dyf[r * cols + j] * xhat(r * cols + j)).abs())
-                .sum()
+                .sum::<f64>()
+                + tiny
         })
         .collect();
     assert_within(
@@ -91,17 +94,28 @@ fn suite<T: Element>() {
             check::<T>(3, cols, with_weight, misalign, k as u8);
         }
     }
-    check::<T>(700, 96, true, 1, 99); // many rows: parallel blocks
+    // Many rows: parallel blocks.
+    check::<T>(700, 96, true, 1, 99);
+}
+
+/// Long rows, cut into pieces (2^19 columns and more, see kernels/long.rs; f64 data keeps
+/// whole rows).
+fn long_rows<T: Element>() {
+    check::<T>(2, (1 << 19) + 37, true, 1, 98);
+    check::<T>(1, 1 << 20, false, 0, 97);
 }
 
 #[test]
 fn matches_the_reference_on_every_isa_and_dtype() {
+    long_rows::<layernorm::f16>();
     for kind in layernorm::cpu_info().available {
         layernorm::with_isa(kind, || {
             suite::<f32>();
             suite::<f64>();
             suite::<layernorm::f16>();
             suite::<layernorm::bf16>();
+            long_rows::<f32>();
+            long_rows::<layernorm::bf16>();
         })
         .unwrap();
     }
