@@ -151,12 +151,7 @@ pub(crate) fn forward<T: Element<Compute = f32> + Storage>(
         .enumerate()
         .filter_map(|(r, s)| s.map(|s| (r, s)));
     for (r, st) in all.chain(f64_rows) {
-        if let Some(m) = mean.as_deref_mut() {
-            m[r] = st.mean as f32;
-        }
-        if let Some(s) = rstd.as_deref_mut() {
-            s[r] = st.rstd as f32;
-        }
+        super::save_stats(mean.as_deref_mut(), rstd.as_deref_mut(), r, st);
     }
 }
 

@@ -113,12 +113,27 @@ impl<T: Element, P> ForwardBlock<'_, T, P> {
     }
 
     fn save_stats(&mut self, row: usize, stats: portable::RowStats) {
-        if let Some(m) = self.mean.as_deref_mut() {
-            m[row] = T::Compute::from_f64(stats.mean);
-        }
-        if let Some(s) = self.rstd.as_deref_mut() {
-            s[row] = T::Compute::from_f64(stats.rstd);
-        }
+        save_stats(
+            self.mean.as_deref_mut(),
+            self.rstd.as_deref_mut(),
+            row,
+            stats,
+        );
+    }
+}
+
+/// Stores a row's statistics where the caller asked for them.
+fn save_stats<K: Float>(
+    mean: Option<&mut [K]>,
+    rstd: Option<&mut [K]>,
+    row: usize,
+    stats: portable::RowStats,
+) {
+    if let Some(m) = mean {
+        m[row] = K::from_f64(stats.mean);
+    }
+    if let Some(s) = rstd {
+        s[row] = K::from_f64(stats.rstd);
     }
 }
 
