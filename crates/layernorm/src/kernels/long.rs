@@ -14,8 +14,9 @@
 //!           C  each (row, piece): y = x̂·γ + β
 //! backward  A  each (row, piece): Σd, Σg, Σg·d around the saved mean
 //!           B  each row: the pieces' sums added in piece order → pass-2 constants
-//!           C  each piece of columns: every row in order: dx, and dγ, dβ summed in f64
-//!              for those columns (each column's sum in row order: no partials to combine)
+//!           C  each piece of columns: every row in order: dx, and dγ,
+//!              dβ summed in f64 for those columns (in row order: no partials to combine),
+//!              then rounded into the outputs
 //! ```
 //!
 //! The pieces' sums combine by plain addition: every piece is summed around the same pivot
@@ -155,18 +156,18 @@ pub(crate) fn forward<T: Element<Compute = f32> + Storage>(
     }
 }
 
-/// Backward of a block of long rows (no fused residual); dγ/dβ are summed into the block's
-/// partials (`cols` each, dγ first), which must start at zero.
-pub(crate) fn backward<T: Element<Compute = f32> + Storage>(
+/// Backward of a block of long rows (no fused residual, no partials: dγ/dβ are written to
+/// `dweight`/`dbias`, rounded once from their f64 sums).
+pub(crate) fn backward<T: Element<Compute = f32> + Storage, P: Element>(
     isa: Isa,
     par: Parallelism,
     block: BackwardBlock<'_, T, f32>,
+    dweight: Option<&mut [P]>,
+    dbias: Option<&mut [P]>,
 ) {
     let BackwardBlock {
         norm,
         cols,
-        want_dweight,
-        want_dbias,
         stream,
         weight,
         x,
@@ -175,7 +176,6 @@ pub(crate) fn backward<T: Element<Compute = f32> + Storage>(
         rstd,
         dx,
         dsum,
-        partials,
         ..
     } = block;
     debug_assert!(dsum.is_none(), "long rows take no fused residual");
@@ -219,26 +219,17 @@ pub(crate) fn backward<T: Element<Compute = f32> + Storage>(
         })
         .collect();
 
-    // C: every piece of columns, all rows in order.
-    let (dw, db) = partials.split_at_mut(if want_dweight { cols } else { 0 });
-    let mut dw_pieces: Vec<Option<&mut [f64]>> = match want_dweight {
-        true => cut(dw).into_iter().map(Some).collect(),
-        false => (0..per_row).map(|_| None).collect(),
-    };
-    let mut db_pieces: Vec<Option<&mut [f64]>> = match want_dbias {
-        true => cut(&mut db[..cols]).into_iter().map(Some).collect(),
-        false => (0..per_row).map(|_| None).collect(),
-    };
+    // C: every piece of columns, all rows in order, dγ/dβ straight into the outputs.
+    let mut dw_pieces = cut_opt(dweight, per_row);
+    let mut db_pieces = cut_opt(dbias, per_row);
     let mut dx_pieces: Vec<Vec<Option<&mut [T]>>> = match dx {
         Some(dx) => dx
             .chunks_exact_mut(cols)
-            .map(|row| cut(row).into_iter().map(Some).collect())
+            .map(|row| cut_opt(Some(row), per_row))
             .collect(),
-        None => (0..rows)
-            .map(|_| (0..per_row).map(|_| None).collect())
-            .collect(),
+        None => (0..rows).map(|_| cut_opt(None, per_row)).collect(),
     };
-    let items: Vec<simd::PieceGrads<'_, T>> = pieces(cols)
+    let items: Vec<simd::PieceGrads<'_, T, P>> = pieces(cols)
         .enumerate()
         .map(|(k, p)| simd::PieceGrads {
             rows: (0..rows)
@@ -259,6 +250,14 @@ pub(crate) fn backward<T: Element<Compute = f32> + Storage>(
         })
         .collect();
     map_in_order(par, elems, items, |piece| isa.vectorize(piece));
+}
+
+/// [`cut`] for an optional buffer: its `per_row` pieces, or as many `None`s.
+fn cut_opt<U>(buf: Option<&mut [U]>, per_row: usize) -> Vec<Option<&mut [U]>> {
+    match buf {
+        Some(buf) => cut(buf).into_iter().map(Some).collect(),
+        None => (0..per_row).map(|_| None).collect(),
+    }
 }
 
 /// Pairs of sums added in order.

@@ -231,26 +231,24 @@ pub trait RowKernels: Sized {
     fn backward_block(isa: Isa, block: BackwardBlock<'_, Self, Self::Param>)
     where
         Self: Element;
-    /// Whether this type has the long-row path ([`RowKernels::forward_long`]).
+    /// Whether this type has a long-row path of its own ([`RowKernels::forward_long`]); the
+    /// drivers keep the block kernels for the others.
     const LONG_ROWS: bool;
     /// Forward of a whole problem of rows of [`LONG_COLS`] columns or more, without fused
-    /// residual, a piece of each row at a time (see `long.rs`); `Some(block)`, untouched,
-    /// where this type has no such path (f64: the block kernels take its rows).
-    fn forward_long<'a>(
-        isa: Isa,
-        par: Parallelism,
-        block: ForwardBlock<'a, Self, Self::Param>,
-    ) -> Option<ForwardBlock<'a, Self, Self::Param>>
+    /// residual, a piece of each row at a time (see `long.rs`). (f64, without such a path,
+    /// runs its block kernel on the whole problem, on one thread.)
+    fn forward_long(isa: Isa, par: Parallelism, block: ForwardBlock<'_, Self, Self::Param>)
     where
         Self: Element;
-    /// Backward as [`RowKernels::forward_long`], summing dγ/dβ into the block's partials
-    /// (one block: `cols` each).
-    fn backward_long<'a>(
+    /// Backward as [`RowKernels::forward_long`], of a block without partials: dγ/dβ are
+    /// written to `dweight`/`dbias` (rounded once from their f64 sums).
+    fn backward_long<P: ParamOf<Self>>(
         isa: Isa,
         par: Parallelism,
-        block: BackwardBlock<'a, Self, Self::Param>,
-    ) -> Option<BackwardBlock<'a, Self, Self::Param>>
-    where
+        block: BackwardBlock<'_, Self, Self::Param>,
+        dweight: Option<&mut [P]>,
+        dbias: Option<&mut [P]>,
+    ) where
         Self: Element;
 }
 
@@ -280,21 +278,17 @@ macro_rules! vector_kernels {
             fn backward_block(isa: Isa, block: BackwardBlock<'_, Self, f32>) {
                 isa.vectorize(simd::Backward(block))
             }
-            fn forward_long<'a>(
-                isa: Isa,
-                par: Parallelism,
-                block: ForwardBlock<'a, Self, f32>,
-            ) -> Option<ForwardBlock<'a, Self, f32>> {
-                long::forward(isa, par, block);
-                None
+            fn forward_long(isa: Isa, par: Parallelism, block: ForwardBlock<'_, Self, f32>) {
+                long::forward(isa, par, block)
             }
-            fn backward_long<'a>(
+            fn backward_long<P: ParamOf<Self>>(
                 isa: Isa,
                 par: Parallelism,
-                block: BackwardBlock<'a, Self, f32>,
-            ) -> Option<BackwardBlock<'a, Self, f32>> {
-                long::backward(isa, par, block);
-                None
+                block: BackwardBlock<'_, Self, f32>,
+                dweight: Option<&mut [P]>,
+                dbias: Option<&mut [P]>,
+            ) {
+                long::backward(isa, par, block, dweight, dbias)
             }
         }
     )*};
@@ -317,18 +311,35 @@ impl RowKernels for f64 {
     fn backward_block(_isa: Isa, block: BackwardBlock<'_, Self, f64>) {
         portable::backward_block(block)
     }
-    fn forward_long<'a>(
-        _isa: Isa,
-        _par: Parallelism,
-        block: ForwardBlock<'a, Self, f64>,
-    ) -> Option<ForwardBlock<'a, Self, f64>> {
-        Some(block)
+    fn forward_long(_isa: Isa, _par: Parallelism, block: ForwardBlock<'_, Self, f64>) {
+        portable::forward_block(block)
     }
-    fn backward_long<'a>(
+    fn backward_long<P: ParamOf<Self>>(
         _isa: Isa,
         _par: Parallelism,
-        block: BackwardBlock<'a, Self, f64>,
-    ) -> Option<BackwardBlock<'a, Self, f64>> {
-        Some(block)
+        block: BackwardBlock<'_, Self, f64>,
+        dweight: Option<&mut [P]>,
+        dbias: Option<&mut [P]>,
+    ) {
+        // One block over every row, with partials of its own, rounded into the outputs.
+        let cols = block.cols;
+        let mut partials =
+            vec![0.0; cols * (usize::from(dweight.is_some()) + usize::from(dbias.is_some()))];
+        portable::backward_block(BackwardBlock {
+            block_rows: block.rstd.len(),
+            partial_len: partials.len(),
+            want_dweight: dweight.is_some(),
+            want_dbias: dbias.is_some(),
+            partials: &mut partials,
+            ..block
+        });
+        let (dw, db) = partials.split_at(if dweight.is_some() { cols } else { 0 });
+        for (out, sums) in [(dweight, dw), (dbias, db)] {
+            if let Some(out) = out {
+                out.iter_mut()
+                    .zip(sums)
+                    .for_each(|(o, v)| *o = P::round_from_f64(*v));
+            }
+        }
     }
 }

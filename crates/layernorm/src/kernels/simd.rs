@@ -382,6 +382,7 @@ struct Sums<S: Simd> {
     sum: [S::F64; 4],
     sq: [S::F64; 4],
     pivot: f64,
+    shift: Shift<S>,
 }
 
 impl<S: Simd> Sums<S> {
@@ -392,16 +393,17 @@ impl<S: Simd> Sums<S> {
             sum: [zero; 4],
             sq: [zero; 4],
             pivot,
+            shift: Shift::new(s, pivot),
         }
     }
 
     /// Adds `x[i..i + 2·LANES]`.
     #[inline(always)]
     fn step<T: Storage + Element<Compute = f32>>(&mut self, s: S, x: &[T], i: usize) {
-        let (l, p) = (S::LANES, s.splat64(self.pivot));
+        let l = S::LANES;
         for k in 0..2 {
             let [lo, hi] = T::load_wide(s, &x[i + k * l..]);
-            let (d0, d1) = (s.sub64(lo, p), s.sub64(hi, p));
+            let (d0, d1) = (self.shift.apply(s, lo), self.shift.apply(s, hi));
             self.sum[2 * k] = s.add64(self.sum[2 * k], d0);
             self.sum[2 * k + 1] = s.add64(self.sum[2 * k + 1], d1);
             self.sq[2 * k] = s.mul_add64(d0, d0, self.sq[2 * k]);
@@ -434,6 +436,32 @@ impl<S: Simd> Sums<S> {
             sum_sq += d * d;
         }
         (sum_d, sum_sq)
+    }
+}
+
+/// `v − pivot` in f64, computed as `v·1 − pivot` by the FMA units: the same bits as a
+/// subtraction (one rounding of the same exact value), but on the multiply-add pipes, which
+/// pass 1 leaves half idle while the conversions and sums crowd the add pipes (Zen 4: two
+/// of each). The 1 is hidden from the compiler, which would otherwise turn the FMA back into
+/// a subtraction.
+#[derive(Clone, Copy)]
+struct Shift<S: Simd> {
+    one: S::F64,
+    neg: S::F64,
+}
+
+impl<S: Simd> Shift<S> {
+    #[inline(always)]
+    fn new(s: S, pivot: f64) -> Self {
+        Shift {
+            one: s.splat64(std::hint::black_box(1.0)),
+            neg: s.splat64(-pivot),
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, s: S, v: S::F64) -> S::F64 {
+        s.mul_add64(v, self.one, self.neg)
     }
 }
 
@@ -1873,18 +1901,26 @@ pub(crate) struct PieceRow<'a, T> {
     pub plan: RowPlan,
 }
 
-/// Backward pass 2 of one piece of columns of every row of a long-row problem, row by row:
-/// dx, and dγ/dβ added to the piece's f64 sums in row order (`weight`, `dweight` and `dbias`
-/// cut to the piece's columns).
-pub(crate) struct PieceGrads<'a, T> {
+/// Backward pass 2 of one piece of columns of every row of a long-row problem: dx row by
+/// row, and dγ/dβ for those columns (`weight`, `dweight` and `dbias` cut to the piece's
+/// columns), summed in f64 over the rows in order in buffers of the piece's own, then rounded
+/// once into the outputs. The piece's sums stay in cache (L2/L3) between rows; row-long f64
+/// partials, as the block kernels keep, were zeroed, read and written back, then read again
+/// to be narrowed: for one row of 2^24 f32 columns, ~5 bytes of partials moved per byte of
+/// the byte model. 2 threads, f32 backward, A/B medians of 5, ratio to copy: 1×16777216 0.07
+/// → 0.25, 2×8388608 0.14 → 0.33, 4×4194304 0.25 → 0.28 (9.5 → 15.3 GB/s), 16×1048576 alike.
+/// Walking the piece in chunks of 4096 or 16384 columns (every row per chunk, the sums in
+/// L1/L2) measured no faster for few rows and slower for many (64×524288: 14–15 against
+/// 16–19 GB/s): each row's part of a chunk is too short for the prefetchers.
+pub(crate) struct PieceGrads<'a, T, P> {
     pub rows: Vec<PieceRow<'a, T>>,
     pub weight: Option<&'a [f32]>,
-    pub dweight: Option<&'a mut [f64]>,
-    pub dbias: Option<&'a mut [f64]>,
+    pub dweight: Option<&'a mut [P]>,
+    pub dbias: Option<&'a mut [P]>,
     pub stream: bool,
 }
 
-impl<T: Element<Compute = f32> + Storage> WithSimd for PieceGrads<'_, T> {
+impl<T: Element<Compute = f32> + Storage, P: Element> WithSimd for PieceGrads<'_, T, P> {
     type Output = ();
     type Elem = T;
 
@@ -1893,16 +1929,18 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for PieceGrads<'_, T> {
         let PieceGrads {
             rows,
             weight,
-            mut dweight,
-            mut dbias,
+            dweight,
+            dbias,
             stream,
         } = self;
+        let sums = |out: &Option<&mut [P]>| out.as_ref().map(|o| vec![0.0f64; o.len()]);
+        let (mut sum_dw, mut sum_db) = (sums(&dweight), sums(&dbias));
         for row in rows {
             let out = RowGrads {
                 dx: row.dx,
                 dsum: None,
-                dweight: dweight.as_deref_mut(),
-                dbias: dbias.as_deref_mut(),
+                dweight: sum_dw.as_deref_mut(),
+                dbias: sum_db.as_deref_mut(),
             };
             match (row.plan, weight) {
                 (RowPlan::Vector(t), Some(w)) => {
@@ -1912,6 +1950,13 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for PieceGrads<'_, T> {
                     pass2_row::<S, T, false>(s, row.x, row.dy, &[], t, out, stream, None);
                 }
                 (RowPlan::F64(plan), w) => plan.apply(row.x, row.dy, w, out),
+            }
+        }
+        for (out, sum) in [(dweight, sum_dw), (dbias, sum_db)] {
+            if let (Some(out), Some(sum)) = (out, sum) {
+                for (o, v) in out.iter_mut().zip(&sum) {
+                    *o = P::round_from_f64(*v);
+                }
             }
         }
         if stream {

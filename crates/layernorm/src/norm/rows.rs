@@ -74,14 +74,10 @@ pub(crate) fn forward<T: Element, P: ParamOf<T>>(
     let isa = arch::active();
     // Long rows (the choice depends on the row length alone, so no result depends on the
     // number of rows) are cut into pieces; the fused residual keeps whole rows.
-    let work = if T::LONG_ROWS && shape.cols >= LONG_COLS && work.residual.is_none() {
-        match T::forward_long(isa, par, work) {
-            Some(work) => work,
-            None => return Ok(()),
-        }
-    } else {
-        work
-    };
+    if T::LONG_ROWS && shape.cols >= LONG_COLS && work.residual.is_none() {
+        T::forward_long(isa, par, work);
+        return Ok(());
+    }
     let blocks = Blocks::for_map(shape.rows, shape.cols);
     for_each_block(par, x.len(), blocks, work, &|block, _| {
         T::forward_block(isa, block)
@@ -144,9 +140,13 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
 
     let want_dw = grads.dweight.is_some();
     let want_db = grads.dbias.is_some();
-    let partial_len = cols * (usize::from(want_dw) + usize::from(want_db));
-    // Long rows: one block, cut into pieces of columns (see `forward`).
+    // Long rows: one block, cut into pieces of columns, writing dγ/dβ itself (see `forward`).
     let long = T::LONG_ROWS && cols >= LONG_COLS && dsum.is_none();
+    let partial_len = if long {
+        0
+    } else {
+        cols * (usize::from(want_dw) + usize::from(want_db))
+    };
     let blocks = if long {
         Blocks::single(shape.rows)
     } else if partial_len > 0 {
@@ -181,16 +181,13 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
         partials: &mut partials,
     };
     let isa = arch::active();
-    let work = if long {
-        T::backward_long(isa, par, work)
-    } else {
-        Some(work)
-    };
-    if let Some(work) = work {
-        for_each_block(par, x.len(), blocks, work, &|block, _| {
-            T::backward_block(isa, block)
-        });
+    if long {
+        T::backward_long(isa, par, work, grads.dweight, grads.dbias);
+        return Ok(());
     }
+    for_each_block(par, x.len(), blocks, work, &|block, _| {
+        T::backward_block(isa, block)
+    });
 
     // Combine the block partials in block order, into the first block's (so every column is
     // p0 + p1 + p2 + …, whatever the threads): the result does not depend on threads.

@@ -106,3 +106,11 @@ fn sixteen_bit_data_with_f32_parameters() {
         .unwrap();
     }
 }
+
+/// Rows of 2^19+ columns take the long-row path, which rounds dγ/dβ into the parameters' type
+/// itself (here f32 beside 16-bit data) rather than through the block partials.
+#[test]
+fn sixteen_bit_data_with_f32_parameters_on_long_rows() {
+    check::<layernorm::bf16>(2, (1 << 19) + 3, 40);
+    check::<layernorm::f16>(1, (1 << 19) + 1, 41);
+}

@@ -386,12 +386,13 @@ fn forward_into_equals_forward_bitwise() {
 }
 
 /// Every mask gives the bits of the full backward for what it asks, in f64 (the portable
-/// kernel) and in f32, where the vector kernels pick a loop by what is asked: short rows and
-/// rows long enough to go through pass 2 in groups.
+/// kernel) and in f32, where the vector kernels pick a loop by what is asked: short rows,
+/// rows long enough to go through pass 2 in groups, and long rows (cut into pieces, dγ/dβ
+/// written by the long-row path itself).
 #[test]
 fn backward_mask_skips_and_keeps_bits() {
     let mut rng = Rand::new(9);
-    for (rows, cols) in [(20, 33), (9, 2100)] {
+    for (rows, cols) in [(20, 33), (9, 2100), (2, (1 << 19) + 5)] {
         let x: Vec<f64> = rng.normals(rows * cols, 0.0, 1.0);
         let dy: Vec<f64> = rng.normals(rows * cols, 0.0, 1.0);
         let w: Vec<f64> = rng.normals(cols, 1.0, 0.5);
