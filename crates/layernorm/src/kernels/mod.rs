@@ -343,3 +343,78 @@ impl RowKernels for f64 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{layer_norm, Affine, GradMask};
+
+    /// f64 has no long-row path of its own (the drivers keep its long rows on the block
+    /// kernels), but `RowKernels` is total: its `forward_long` and `backward_long` run the
+    /// block kernel over the whole problem, and must give the drivers' bits.
+    #[test]
+    fn f64_long_row_entry_points_give_the_block_path_bits() {
+        let (rows, cols) = (3, 37);
+        let wave = |i: usize, k: usize, m: usize| ((i * k) % m) as f64 / 7.0 - 3.0;
+        let x: Vec<f64> = (0..rows * cols).map(|i| wave(i, 7919, 101)).collect();
+        let dy: Vec<f64> = (0..rows * cols).map(|i| wave(i, 104_729, 89)).collect();
+        let w: Vec<f64> = (0..cols).map(|j| 1.0 + wave(j, 31, 17) / 10.0).collect();
+        let b: Vec<f64> = (0..cols).map(|j| wave(j, 13, 23)).collect();
+        let par = Parallelism::Sequential;
+        let affine = Affine::scale_shift(&w, &b);
+        let (y_ref, stats) = layer_norm::forward(&x, cols, affine, 1e-5, par).unwrap();
+        let g_ref =
+            layer_norm::backward(&dy, &x, cols, stats.as_ref(), Some(&w), GradMask::ALL, par)
+                .unwrap();
+
+        let isa = crate::arch::active();
+        let (mut y, mut mean, mut rstd) =
+            (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
+        f64::forward_long(
+            isa,
+            par,
+            ForwardBlock {
+                norm: Norm::Layer,
+                cols,
+                eps: 1e-5,
+                stream: false,
+                weight: Some(&w),
+                bias: Some(&b),
+                x: &x,
+                residual: None,
+                y: &mut y,
+                mean: Some(&mut mean),
+                rstd: Some(&mut rstd),
+            },
+        );
+        assert_eq!((&y, &mean, &rstd), (&y_ref, &stats.mean, &stats.rstd));
+
+        let (mut dx, mut dw, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
+        f64::backward_long(
+            isa,
+            par,
+            BackwardBlock {
+                norm: Norm::Layer,
+                cols,
+                block_rows: rows,
+                partial_len: 0,
+                want_dweight: true,
+                want_dbias: true,
+                stream: false,
+                weight: Some(&w),
+                x: &x,
+                dy: &dy,
+                mean: Some(&mean),
+                rstd: &rstd,
+                dx: Some(&mut dx),
+                dsum: None,
+                partials: &mut [],
+            },
+            Some(&mut dw[..]),
+            Some(&mut db[..]),
+        );
+        assert_eq!(Some(dx), g_ref.dx);
+        assert_eq!(Some(dw), g_ref.dweight);
+        assert_eq!(Some(db), g_ref.dbias);
+    }
+}
