@@ -89,6 +89,21 @@ pub trait Simd: Copy + Send + Sync + 'static {
         self.store_f16(dst, v)
     }
     fn load_bf16(self, src: &[bf16]) -> Self::F32;
+    /// `LANES` bf16 widened to f64 (exact), as [`Simd::widen`] widens [`Simd::load_bf16`]'s
+    /// vector; where the ISA can split them before widening.
+    #[inline(always)]
+    fn load_bf16_wide(self, src: &[bf16]) -> [Self::F64; 2] {
+        self.widen(self.load_bf16(src))
+    }
+    /// `LANES` bf16 widened to f64 (exact), their order among the lanes of the two vectors
+    /// left to the ISA (the same on every call): for sums, where only which values are added
+    /// matters. x86 widens with unpacks against zero instead of a zero-extension and a shift:
+    /// on Zen 4, the shift and the shuffle that splits a register share the add pipes with
+    /// the conversions to f64 and the sums themselves.
+    #[inline(always)]
+    fn load_bf16_wide_unordered(self, src: &[bf16]) -> [Self::F64; 2] {
+        self.widen(self.load_bf16(src))
+    }
     /// Rounds to nearest even; NaN stays NaN.
     fn store_bf16(self, dst: &mut [bf16], v: Self::F32);
     /// [`Simd::store_bf16`], non-temporal where `dst` is aligned to `LANES` bf16 (as
@@ -312,6 +327,12 @@ pub trait Storage: Copy + Default + Send + Sync + 'static {
     fn load_wide<S: Simd>(simd: S, src: &[Self]) -> [S::F64; 2] {
         simd.widen(Self::load(simd, src))
     }
+    /// [`Storage::load_wide`], the values in an order among the lanes of the ISA's choosing
+    /// (the same on every call; see [`Simd::load_bf16_wide_unordered`]): for sums.
+    #[inline(always)]
+    fn load_wide_unordered<S: Simd>(simd: S, src: &[Self]) -> [S::F64; 2] {
+        Self::load_wide(simd, src)
+    }
     /// Runs `w` (a kernel on this type) with the AVX512_BF16 token where that changes the
     /// code, bf16 (its stores narrow with the BF16 instructions), and with plain AVX-512
     /// otherwise: the same code, compiled once instead of twice.
@@ -398,6 +419,14 @@ impl Storage for bf16 {
     #[inline(always)]
     fn load<S: Simd>(simd: S, src: &[bf16]) -> S::F32 {
         simd.load_bf16(src)
+    }
+    #[inline(always)]
+    fn load_wide<S: Simd>(simd: S, src: &[bf16]) -> [S::F64; 2] {
+        simd.load_bf16_wide(src)
+    }
+    #[inline(always)]
+    fn load_wide_unordered<S: Simd>(simd: S, src: &[bf16]) -> [S::F64; 2] {
+        simd.load_bf16_wide_unordered(src)
     }
     #[inline(always)]
     fn store<S: Simd>(simd: S, dst: &mut [bf16], v: S::F32) {

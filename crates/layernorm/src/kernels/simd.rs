@@ -377,7 +377,10 @@ fn shifted_sums<S: Simd, T: Storage + Element<Compute = f32>>(
 }
 
 /// The running sums of [`shifted_sums`]: four accumulators each for Σd and Σd², fed two
-/// vectors at a time, then one vector, then the remaining elements one by one.
+/// vectors at a time, then one vector, then the remaining elements one by one. Vectors are
+/// loaded with [`Storage::load_wide_unordered`]: which lane adds which value is the ISA's
+/// choice, fixed, so a row's sums still depend on the row alone (bf16 on AVX-512, one
+/// thread, in L2, forward: 15.0 → 17.0 GB/s).
 struct Sums<S: Simd> {
     sum: [S::F64; 4],
     sq: [S::F64; 4],
@@ -402,7 +405,7 @@ impl<S: Simd> Sums<S> {
     fn step<T: Storage + Element<Compute = f32>>(&mut self, s: S, x: &[T], i: usize) {
         let l = S::LANES;
         for k in 0..2 {
-            let [lo, hi] = T::load_wide(s, &x[i + k * l..]);
+            let [lo, hi] = T::load_wide_unordered(s, &x[i + k * l..]);
             let (d0, d1) = (self.shift.apply(s, lo), self.shift.apply(s, hi));
             self.sum[2 * k] = s.add64(self.sum[2 * k], d0);
             self.sum[2 * k + 1] = s.add64(self.sum[2 * k + 1], d1);
@@ -421,7 +424,7 @@ impl<S: Simd> Sums<S> {
     ) -> (f64, f64) {
         let (n, l, p) = (x.len(), S::LANES, s.splat64(self.pivot));
         while i + l <= n {
-            let [lo, hi] = T::load_wide(s, &x[i..]);
+            let [lo, hi] = T::load_wide_unordered(s, &x[i..]);
             let (d0, d1) = (s.sub64(lo, p), s.sub64(hi, p));
             self.sum[0] = s.add64(self.sum[0], d0);
             self.sum[1] = s.add64(self.sum[1], d1);

@@ -188,6 +188,20 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    fn load_bf16_wide_unordered(self, src: &[bf16]) -> [__m256d; 2] {
+        let src = &src[..8];
+        // SAFETY: see the impl comment; 8 bf16 (transparent u16) are 16 bytes. Each word
+        // interleaved above a zero word is its f32 bits: lanes 0–3, then 4–7.
+        unsafe {
+            let bits = _mm_loadu_si128(src.as_ptr().cast());
+            let zero = _mm_setzero_si128();
+            [
+                _mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpacklo_epi16(zero, bits))),
+                _mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpackhi_epi16(zero, bits))),
+            ]
+        }
+    }
+    #[inline(always)]
     fn store_bf16(self, dst: &mut [bf16], v: __m256) {
         let dst = &mut dst[..8];
         // SAFETY: see the impl comment; 8 bf16 are 16 bytes.
