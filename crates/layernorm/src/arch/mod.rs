@@ -127,7 +127,8 @@ pub trait Simd: Copy + Send + Sync + 'static {
     }
 }
 
-/// Whether an output like `out` is written with non-temporal stores.
+/// Whether an output like `out` (of forward, or of backward) is written with non-temporal
+/// stores.
 ///
 /// f32 outputs larger than the cache this process can count on are: they could not stay in
 /// cache anyway, would only evict the inputs, and skipping the read-for-ownership saves a
@@ -138,26 +139,33 @@ pub trait Simd: Copy + Send + Sync + 'static {
 /// outputs 0.45 against 0.53 of copy, 16 MiB 0.56–0.60 against 0.55, 32–64 MiB 0.79 against
 /// 0.62.
 ///
-/// f16 and bf16 outputs never are: their kernels run well below the memory's speed (the
-/// narrowing costs more than the traffic), so the saved traffic buys nothing, and plain
-/// stores measured as fast or faster at every size (2 threads, plain against non-temporal,
-/// medians of 3–5: bf16 4096² forward 0.57–0.59 against 0.47–0.55 of copy, backward
-/// 0.32–0.34 against 0.28–0.32; 1024×65536 forward 0.63 against 0.58; f16 4096² forward 0.73
-/// against 0.66, backward 0.36 against 0.32; 1024×65536 alike).
+/// 16-bit outputs are only where their kernel runs close enough to the memory's speed for
+/// the saved traffic to count: bf16 forward (since its loads widen with unpacks: 0.84 of
+/// copy in L2 at 4096²). 2 threads, plain against non-temporal, A/B medians of 5–6: bf16
+/// forward 4096² 0.57–0.62 → 0.71–0.74 of copy (24–25 → 30–31 GB/s), 1024×65536 0.74–0.75 →
+/// 0.87; bf16 backward 4096² 0.41 → 0.34 (not streamed); f16 forward, whose kernel runs at
+/// its in-cache speed from memory already, alike within noise (4096² 0.57 / 0.53 of copy, 25
+/// / 29 GB/s; not streamed). Earlier, with slower bf16 loads, plain stores had won
+/// everywhere (bf16 4096² forward 0.57–0.59 against 0.47–0.55).
 ///
-/// `LAYERNORM_STREAM_MIN_BYTES` sets the threshold for every type, for tests and
+/// `LAYERNORM_STREAM_MIN_BYTES` sets the threshold for every type and pass, for tests and
 /// measurements.
-pub(crate) fn stream_output<T>(out: &[T]) -> bool {
-    let (size, bytes) = (std::mem::size_of::<T>(), std::mem::size_of_val(out));
-    streams(size, bytes, *STREAM_MIN_BYTES_ENV, || *STREAM_MIN_BYTES)
+pub(crate) fn stream_output<T: Storage>(out: &[T], forward: bool) -> bool {
+    let eligible = if forward {
+        T::STREAMS_FORWARD
+    } else {
+        std::mem::size_of::<T>() >= 4
+    };
+    let bytes = std::mem::size_of_val(out);
+    streams(eligible, bytes, *STREAM_MIN_BYTES_ENV, || *STREAM_MIN_BYTES)
 }
 
-/// [`stream_output`]'s rule for `bytes` of elements of `size` bytes, given the environment's
-/// threshold and the default one.
-fn streams(size: usize, bytes: usize, env: Option<usize>, default: impl Fn() -> usize) -> bool {
+/// [`stream_output`]'s rule for `bytes` of an output that streams by default when large
+/// (`eligible`), given the environment's threshold and the default one.
+fn streams(eligible: bool, bytes: usize, env: Option<usize>, default: impl Fn() -> usize) -> bool {
     match env {
         Some(min) => bytes >= min,
-        None => size >= 4 && bytes >= default(),
+        None => eligible && bytes >= default(),
     }
 }
 
@@ -320,6 +328,9 @@ fn line_offsets(
 
 /// A storage type with vector loads and stores: f32, f16 and bf16 (all computed in f32).
 pub trait Storage: Copy + Default + Send + Sync + 'static {
+    /// Whether a large forward output of this type is written with non-temporal stores (see
+    /// [`stream_output`]).
+    const STREAMS_FORWARD: bool = std::mem::size_of::<Self>() >= 4;
     fn load<S: Simd>(simd: S, src: &[Self]) -> S::F32;
     fn store<S: Simd>(simd: S, dst: &mut [Self], v: S::F32);
     /// `LANES` values loaded and widened to f64 (see [`Simd::load_f32_wide`]).
@@ -416,6 +427,7 @@ impl Storage for f16 {
 }
 
 impl Storage for bf16 {
+    const STREAMS_FORWARD: bool = true;
     #[inline(always)]
     fn load<S: Simd>(simd: S, src: &[bf16]) -> S::F32 {
         simd.load_bf16(src)
@@ -698,16 +710,16 @@ mod tests {
         assert!(kinds.contains(&super::IsaKind::Neon), "{kinds:?}");
     }
 
-    /// Only f32 (and wider) outputs stream by default, from the threshold on; the
-    /// environment's threshold applies to every type.
+    /// f32 (and wider) outputs stream by default, from the threshold on, and bf16 forward
+    /// outputs; the environment's threshold applies to every type and pass.
     #[test]
     fn which_outputs_stream() {
         let min = || 16 << 20;
-        assert!(super::streams(4, 16 << 20, None, min));
-        assert!(!super::streams(4, (16 << 20) - 4, None, min));
-        assert!(!super::streams(2, 1 << 30, None, min));
-        assert!(super::streams(2, 2, Some(0), min));
-        assert!(!super::streams(4, 1 << 30, Some(usize::MAX), min));
+        assert!(super::streams(true, 16 << 20, None, min));
+        assert!(!super::streams(true, (16 << 20) - 4, None, min));
+        assert!(!super::streams(false, 1 << 30, None, min));
+        assert!(super::streams(false, 2, Some(0), min));
+        assert!(!super::streams(true, 1 << 30, Some(usize::MAX), min));
     }
 
     #[test]

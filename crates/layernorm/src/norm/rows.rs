@@ -62,7 +62,7 @@ pub(crate) fn forward<T: Element, P: ParamOf<T>>(
         norm,
         cols: shape.cols,
         eps,
-        stream: arch::stream_output(y),
+        stream: arch::stream_output(y, true),
         weight: weight.as_deref(),
         bias: bias.as_deref(),
         x,
@@ -161,7 +161,7 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
     let stream = grads
         .dx
         .as_deref()
-        .is_some_and(|dx| arch::stream_output(dx));
+        .is_some_and(|dx| arch::stream_output(dx, false));
     let weight = T::kernel_params(weight);
     let work = BackwardBlock {
         norm,
