@@ -99,10 +99,11 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// left to the ISA (the same on every call): for sums, where only which values are added
     /// matters. x86 widens with unpacks against zero instead of a zero-extension and a shift:
     /// on Zen 4, the shift and the shuffle that splits a register share the add pipes with
-    /// the conversions to f64 and the sums themselves.
+    /// the conversions to f64 and the sums themselves. (By default, and on AVX2, whose
+    /// 128-bit unpacks keep the order anyway: [`Simd::load_bf16_wide`].)
     #[inline(always)]
     fn load_bf16_wide_unordered(self, src: &[bf16]) -> [Self::F64; 2] {
-        self.widen(self.load_bf16(src))
+        self.load_bf16_wide(src)
     }
     /// Rounds to nearest even; NaN stays NaN.
     fn store_bf16(self, dst: &mut [bf16], v: Self::F32);

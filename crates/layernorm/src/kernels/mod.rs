@@ -137,6 +137,16 @@ fn save_stats<K: Float>(
     }
 }
 
+/// Rounds dγ or dβ, summed in f64, into its output once (`P::round_from_f64`), where the
+/// caller asked for it.
+pub(crate) fn round_into<P: Element>(out: Option<&mut [P]>, sums: &[f64]) {
+    if let Some(out) = out {
+        for (o, v) in out.iter_mut().zip(sums) {
+            *o = P::round_from_f64(*v);
+        }
+    }
+}
+
 /// A range of rows of a backward problem, with the f64 dγ/dβ partials of the blocks it covers
 /// (`partial_len` values per block: dγ's `cols` first, if requested, then dβ's).
 pub struct BackwardBlock<'a, T: Element, P = T> {
@@ -334,13 +344,8 @@ impl RowKernels for f64 {
             ..block
         });
         let (dw, db) = partials.split_at(if dweight.is_some() { cols } else { 0 });
-        for (out, sums) in [(dweight, dw), (dbias, db)] {
-            if let Some(out) = out {
-                out.iter_mut()
-                    .zip(sums)
-                    .for_each(|(o, v)| *o = P::round_from_f64(*v));
-            }
-        }
+        round_into(dweight, dw);
+        round_into(dbias, db);
     }
 }
 

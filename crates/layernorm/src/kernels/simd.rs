@@ -37,7 +37,7 @@ use crate::arch::{prefetch, prefetch_line, prefetch_line_for_write, Simd, Storag
 use crate::dtype::{to_f64, Element};
 
 use super::portable::{self, in_safe_range, RowGrads, RowStats};
-use super::{BackwardBlock, ForwardBlock, Norm};
+use super::{round_into, BackwardBlock, ForwardBlock, Norm};
 
 /// Largest vector width of any ISA, in f32 lanes (tails are staged in buffers this long).
 const MAX_LANES: usize = 16;
@@ -1955,13 +1955,8 @@ impl<T: Element<Compute = f32> + Storage, P: Element> WithSimd for PieceGrads<'_
                 (RowPlan::F64(plan), w) => plan.apply(row.x, row.dy, w, out),
             }
         }
-        for (out, sum) in [(dweight, sum_dw), (dbias, sum_db)] {
-            if let (Some(out), Some(sum)) = (out, sum) {
-                for (o, v) in out.iter_mut().zip(&sum) {
-                    *o = P::round_from_f64(*v);
-                }
-            }
-        }
+        round_into(dweight, sum_dw.as_deref().unwrap_or_default());
+        round_into(dbias, sum_db.as_deref().unwrap_or_default());
         if stream {
             s.fence();
         }

@@ -5,7 +5,7 @@
 use crate::arch;
 use crate::dtype::{Element, Float};
 use crate::error::{Operand, Result};
-use crate::kernels::{BackwardBlock, ForwardBlock, Norm, ParamOf, Residual, LONG_COLS};
+use crate::kernels::{round_into, BackwardBlock, ForwardBlock, Norm, ParamOf, Residual, LONG_COLS};
 use crate::layout::RowsCols;
 use crate::norm::{check_eps, check_len, Affine, GradMask, Gradients, GradsMut, Stats, StatsMut};
 use crate::par::{for_each_block, Blocks, Parallelism};
@@ -198,14 +198,9 @@ pub(crate) fn backward<T: Element, P: ParamOf<T>>(
             *acc += v;
         }
     }
-    let narrow = |v: &f64| P::round_from_f64(*v);
     let (dw_sum, db_sum) = first.split_at(if want_dw { cols } else { 0 });
-    if let Some(dw) = grads.dweight {
-        dw.iter_mut().zip(dw_sum).for_each(|(o, v)| *o = narrow(v));
-    }
-    if let Some(db) = grads.dbias {
-        db.iter_mut().zip(db_sum).for_each(|(o, v)| *o = narrow(v));
-    }
+    round_into(grads.dweight, dw_sum);
+    round_into(grads.dbias, db_sum);
     Ok(())
 }
 

@@ -188,10 +188,10 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
-    fn load_bf16_wide_unordered(self, src: &[bf16]) -> [__m256d; 2] {
+    fn load_bf16_wide(self, src: &[bf16]) -> [__m256d; 2] {
         let src = &src[..8];
         // SAFETY: see the impl comment; 8 bf16 (transparent u16) are 16 bytes. Each word
-        // interleaved above a zero word is its f32 bits: lanes 0–3, then 4–7.
+        // interleaved above a zero word is its f32 bits: values 0–3, then 4–7 (in order).
         unsafe {
             let bits = _mm_loadu_si128(src.as_ptr().cast());
             let zero = _mm_setzero_si128();
