@@ -279,7 +279,12 @@ macro_rules! vector_kernels {
             fn kernel_params<P: ParamOf<Self>>(p: Option<&[P]>) -> Option<Cow<'_, [f32]>> {
                 p.map(|p| match P::as_f32_slice(p) {
                     Some(v) => Cow::Borrowed(v),
-                    None => Cow::Owned(p.iter().map(|&v| v.widen()).collect()),
+                    None => {
+                        let mut v = vec![0.0; p.len()];
+                        let job = simd::WidenParams { src: p, dst: &mut v };
+                        crate::arch::active().vectorize(job);
+                        Cow::Owned(v)
+                    }
                 })
             }
             fn forward_block(isa: Isa, block: ForwardBlock<'_, Self, f32>) {
