@@ -125,6 +125,14 @@ pub trait Element:
     fn round_from_f64(v: f64) -> Self {
         Self::narrow(Self::Compute::from_f64(v))
     }
+    /// [`Element::round_from_f64`] of every sum, into `out` (as far as both go).
+    #[doc(hidden)]
+    #[inline]
+    fn round_all_from_f64(sums: &[f64], out: &mut [Self]) {
+        for (o, &v) in out.iter_mut().zip(sums) {
+            *o = Self::round_from_f64(v);
+        }
+    }
     /// The slice itself, if this is f32 (no conversion needed); `None` for the other types.
     /// (For the kernels' parameter hand-off; not part of the API.)
     #[doc(hidden)]
@@ -145,19 +153,39 @@ pub trait Element:
 /// f64 → f32 rounding to odd: truncate, then set the last bit if anything was cut. Rounding
 /// that result to a type with at least two fewer mantissa bits (f16, bf16) gives the correctly
 /// rounded (nearest even) value of the f64 — one rounding, not two.
-fn f64_to_f32_round_odd(v: f64) -> f32 {
+///
+/// Branch-free (both candidates computed, one selected), so that a loop of them vectorizes:
+/// `round_into` rounds a dγ/dβ per column, which for few rows (one decoding step, long rows)
+/// is as much work as the rows themselves.
+///
+/// A finite v beyond f32's range gives ±`f32::MAX` (truncation's result; rounding it on to a
+/// 16-bit type gives the infinity that v itself would round to).
+#[inline(always)]
+pub(crate) fn f64_to_f32_round_odd(v: f64) -> f32 {
     let nearest = v as f32;
-    if !nearest.is_finite() || f64::from(nearest) == v {
-        return nearest;
-    }
+    let back = f64::from(nearest);
     // The f32 on the zero side of v (the bit pattern's magnitude is one lower when the
-    // nearest rounded away from zero), with its last bit set.
-    let toward_zero = if f64::from(nearest).abs() > v.abs() {
-        f32::from_bits(nearest.to_bits() - 1)
+    // nearest rounded away from zero: from infinity, to f32::MAX), with its last bit set.
+    // (Not used where v is exact or not finite, so the wrapping subtraction never matters.)
+    let toward_zero = nearest
+        .to_bits()
+        .wrapping_sub(u32::from(back.abs() > v.abs()));
+    let odd = f32::from_bits(toward_zero | 1);
+    if v.is_finite() && back != v {
+        odd
     } else {
         nearest
-    };
-    f32::from_bits(toward_zero.to_bits() | 1)
+    }
+}
+
+/// f32 → bf16 rounding to nearest even, NaN quieted (as `half::bf16::from_f32`), branch-free
+/// (see [`f64_to_f32_round_odd`]).
+#[inline(always)]
+fn f32_to_bf16_nearest(v: f32) -> bf16 {
+    let x = v.to_bits();
+    let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
+    let nan = (x & 0x7fff_ffff) > 0x7f80_0000;
+    bf16::from_bits((if nan { (x >> 16) | 0x40 } else { rounded }) as u16)
 }
 
 impl Element for f32 {
@@ -212,6 +240,10 @@ impl Element for f16 {
     fn round_from_f64(v: f64) -> Self {
         f16::from_f32(f64_to_f32_round_odd(v))
     }
+    /// Vector code on the active ISA (see `kernels::RoundInto`).
+    fn round_all_from_f64(sums: &[f64], out: &mut [Self]) {
+        crate::arch::active().vectorize(crate::kernels::RoundInto { sums, out });
+    }
 }
 
 impl Element for bf16 {
@@ -226,9 +258,13 @@ impl Element for bf16 {
     fn narrow(v: f32) -> Self {
         bf16::from_f32(v)
     }
-    #[inline]
+    #[inline(always)]
     fn round_from_f64(v: f64) -> Self {
-        bf16::from_f32(f64_to_f32_round_odd(v))
+        f32_to_bf16_nearest(f64_to_f32_round_odd(v))
+    }
+    /// Vector code on the active ISA (see `kernels::RoundInto`).
+    fn round_all_from_f64(sums: &[f64], out: &mut [Self]) {
+        crate::arch::active().vectorize(crate::kernels::RoundInto { sums, out });
     }
 }
 
@@ -261,5 +297,70 @@ mod tests {
         }
         assert!(bf16::round_from_f64(f64::NAN).is_nan());
         assert_eq!(f32::round_from_f64(0.1), 0.1f32);
+    }
+
+    /// The branch-free bf16 rounding gives `half`'s bits for every sign, exponent and
+    /// mantissa top, with the low half at and around each rounding boundary (ties, both
+    /// sides of them, the extremes) — infinities and every NaN class included.
+    #[test]
+    fn branch_free_bf16_rounding_matches_half() {
+        let lows = [
+            0u32, 1, 0x3fff, 0x7ffe, 0x7fff, 0x8000, 0x8001, 0xbfff, 0xfffe, 0xffff,
+        ];
+        for high in 0..=u16::MAX {
+            for &low in &lows {
+                let v = f32::from_bits((u32::from(high) << 16) | low);
+                assert_eq!(
+                    f32_to_bf16_nearest(v).to_bits(),
+                    bf16::from_f32(v).to_bits(),
+                    "{:#010x}",
+                    v.to_bits()
+                );
+            }
+        }
+    }
+
+    /// The branch-free rounding to odd agrees with its definition: v itself where f32 holds
+    /// it exactly (infinities and NaN included), otherwise the f32 on the zero side of v
+    /// (f32::MAX beyond it) with its last bit set.
+    #[test]
+    fn round_to_odd_keeps_its_definition() {
+        let mut values = vec![0.0, -0.0, 1e-50, -1e-50, 1e-300, 1.0, -1.0, 1e300, -1e300];
+        values.extend([
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::MIN_POSITIVE,
+        ]);
+        values.extend([f64::from(f32::MAX), f64::from(f32::MAX) * (1.0 + 1e-12)]);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Random bits with exponents around f32's range.
+            let exp = 1023 - 160 + (state >> 52) % 320;
+            values.push(f64::from_bits(
+                (state & 0x800f_ffff_ffff_ffff) | (exp << 52),
+            ));
+        }
+        for v in values {
+            let nearest = v as f32;
+            let want = if !v.is_finite() || f64::from(nearest) == v {
+                nearest
+            } else {
+                // Truncated toward zero (to f32::MAX from beyond it), then the sticky bit.
+                let mut t = nearest.clamp(-f32::MAX, f32::MAX);
+                if f64::from(t).abs() > v.abs() {
+                    t = f32::from_bits(t.to_bits() - 1);
+                }
+                f32::from_bits(t.to_bits() | 1)
+            };
+            let got = f64_to_f32_round_odd(v);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{v:e}: {got:e} against {want:e}"
+            );
+        }
     }
 }

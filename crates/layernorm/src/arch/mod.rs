@@ -60,6 +60,21 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn load_f64(self, src: &[f64]) -> Self::F64;
     /// Stores `LANES / 2` f64.
     fn store_f64(self, dst: &mut [f64], v: Self::F64);
+    /// `LANES` f64 (`a`'s lanes, then `b`'s) narrowed to f32 by rounding to odd (see
+    /// [`crate::dtype::f64_to_f32_round_odd`], which this default runs lane by lane): the
+    /// step before a 16-bit type that keeps a single rounding from f64.
+    #[inline(always)]
+    fn narrow_odd(self, [a, b]: [Self::F64; 2]) -> Self::F32 {
+        let (n, half) = (Self::LANES, Self::LANES / 2);
+        let mut wide = [0.0f64; 16];
+        self.store_f64(&mut wide[..half], a);
+        self.store_f64(&mut wide[half..n], b);
+        let mut out = [0.0f32; 16];
+        for (o, &w) in out[..n].iter_mut().zip(&wide[..n]) {
+            *o = crate::dtype::f64_to_f32_round_odd(w);
+        }
+        self.load_f32(&out[..n])
+    }
     fn load_f32(self, src: &[f32]) -> Self::F32;
     /// `LANES` f32 loaded and widened as [`Simd::widen`] widens them; where the conversion
     /// can read memory itself (x86: one `vcvtps2pd` per half, without the shuffle that

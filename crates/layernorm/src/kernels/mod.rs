@@ -16,6 +16,7 @@ mod simd;
 
 pub(crate) use long::LONG_COLS;
 pub(crate) use simd::max_cancellation;
+pub(crate) use simd::RoundInto;
 
 use std::borrow::Cow;
 
@@ -141,9 +142,7 @@ fn save_stats<K: Float>(
 /// caller asked for it.
 pub(crate) fn round_into<P: Element>(out: Option<&mut [P]>, sums: &[f64]) {
     if let Some(out) = out {
-        for (o, v) in out.iter_mut().zip(sums) {
-            *o = P::round_from_f64(*v);
-        }
+        P::round_all_from_f64(sums, out);
     }
 }
 

@@ -1829,6 +1829,34 @@ impl<P: Element<Compute = f32> + Storage> WithSimd for WidenParams<'_, P> {
     }
 }
 
+/// `out = sums` rounded once from f64 (the 16-bit types' `round_from_f64`, a vector at a
+/// time: to f32 by rounding to odd, then the type's own narrowing store), for dγ/dβ. One per
+/// column: for few rows (a decoding step, long rows) as much work as the rows themselves.
+pub(crate) struct RoundInto<'a, P> {
+    pub sums: &'a [f64],
+    pub out: &'a mut [P],
+}
+
+impl<P: Element<Compute = f32> + Storage> WithSimd for RoundInto<'_, P> {
+    type Output = ();
+    type Elem = P;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let RoundInto { sums, out } = self;
+        let (n, l) = (sums.len().min(out.len()), S::LANES);
+        let mut i = 0;
+        while i + l <= n {
+            let wide = [s.load_f64(&sums[i..]), s.load_f64(&sums[i + l / 2..])];
+            P::store(s, &mut out[i..], s.narrow_odd(wide));
+            i += l;
+        }
+        for (o, &v) in out[i..n].iter_mut().zip(&sums[i..n]) {
+            *o = P::round_from_f64(v);
+        }
+    }
+}
+
 /// Pass 1 of a piece of a long row (see `long.rs`): `(Σd, Σd²)` around `pivot`, as
 /// [`shifted_sums`] adds a whole row.
 pub(crate) struct PieceSums<'a, T> {
@@ -1993,7 +2021,7 @@ impl<T: Element<Compute = f32> + Storage, P: Element> WithSimd for PieceGrads<'_
 
 #[cfg(test)]
 mod tests {
-    use super::WidenParams;
+    use super::{RoundInto, WidenParams};
     use crate::arch::Isa;
     use crate::dtype::Element;
     use half::{bf16, f16};
@@ -2030,6 +2058,79 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every ISA rounds f64 sums into 16-bit outputs with the bits of the scalar
+    /// `round_from_f64`, at every length up to a few vectors: values just off the 16-bit
+    /// midpoints (where rounding twice would go wrong), ties, exact values, subnormals of
+    /// both types and of f32, values underflowing f32, beyond f32's range and beyond the
+    /// 16-bit ranges, infinities and NaN.
+    fn rounds_as_scalar<P: Element<Compute = f32> + crate::arch::Storage>() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.5,
+            1.0 + 2f64.powi(-8) + 2f64.powi(-30),
+            -(1.0 + 2f64.powi(-8) - 2f64.powi(-30)),
+            1.0 + 2f64.powi(-11) + 2f64.powi(-40),
+            1.0 + 2f64.powi(-8),
+            1.0 + 2f64.powi(-11),
+            6e-8,
+            3e-39,
+            -1e-41,
+            1e-50,
+            -1e-300,
+            65519.0,
+            65520.0,
+            3.4e38,
+            3.5e38,
+            -1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -f64::NAN,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let exp = 1023 - 140 + (state >> 52) % 280;
+            values.push(f64::from_bits(
+                (state & 0x800f_ffff_ffff_ffff) | (exp << 52),
+            ));
+        }
+        let want: Vec<P> = values.iter().map(|&v| P::round_from_f64(v)).collect();
+        let bits = |v: &[P]| -> Vec<u32> { v.iter().map(|x| x.widen().to_bits()).collect() };
+        for isa in Isa::available() {
+            for start in 0..2 {
+                for len in [0, 1, 7, 8, 15, 16, 17, 33, 64, values.len() - start] {
+                    let sums = &values[start..start + len];
+                    let mut out = vec![P::default(); len];
+                    isa.vectorize(RoundInto {
+                        sums,
+                        out: &mut out,
+                    });
+                    let want = &want[start..start + len];
+                    assert_eq!(
+                        bits(&out),
+                        bits(want),
+                        "{:?}, start {start}, len {len}",
+                        isa.kind()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_sums_round_once_on_every_isa() {
+        rounds_as_scalar::<bf16>();
+    }
+
+    #[test]
+    fn f16_sums_round_once_on_every_isa() {
+        rounds_as_scalar::<f16>();
     }
 
     #[test]

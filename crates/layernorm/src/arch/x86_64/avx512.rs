@@ -136,6 +136,29 @@ impl<const BF16: bool> Simd for Avx512<BF16> {
         }
     }
     #[inline(always)]
+    fn narrow_odd(self, [a, b]: [__m512d; 2]) -> __m512 {
+        const TRUNCATE: i32 = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+        // SAFETY: see the impl comment.
+        unsafe {
+            let (lo, hi) = (
+                _mm512_cvt_roundpd_ps::<TRUNCATE>(a),
+                _mm512_cvt_roundpd_ps::<TRUNCATE>(b),
+            );
+            // Lanes that lost something (NaN compares unequal too, and is left alone).
+            let cut = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(_mm512_cvtps_pd(lo), a) as u16
+                | ((_mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(_mm512_cvtps_pd(hi), b) as u16) << 8);
+            let t = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi);
+            let sticky = cut & !_mm512_fpclass_ps_mask::<NAN>(t);
+            let bits = _mm512_castps_si512(t);
+            _mm512_castsi512_ps(_mm512_mask_or_epi32(
+                bits,
+                sticky,
+                bits,
+                _mm512_set1_epi32(1),
+            ))
+        }
+    }
+    #[inline(always)]
     fn reduce64(self, v: __m512d) -> f64 {
         let mut l = [0.0f64; 8];
         // SAFETY: see the impl comment; `l` holds 8 f64.
@@ -299,6 +322,9 @@ impl<const BF16: bool> Simd for Avx512<BF16> {
         }
     }
 }
+
+/// `vfpclassps`'s class bits for quiet and signalling NaN.
+const NAN: i32 = 0x01 | 0x80;
 
 /// `vfpclassps`'s class bit for subnormal (denormal) values.
 const SUBNORMAL: i32 = 0x20;
