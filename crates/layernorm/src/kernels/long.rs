@@ -62,10 +62,10 @@ fn cut<T>(mut row: &mut [T]) -> Vec<&mut [T]> {
 
 /// Forward of a block of long rows (no fused residual: the caller keeps those on the block
 /// kernels).
-pub(crate) fn forward<T: Element<Compute = f32> + Storage>(
+pub(crate) fn forward<T: Element<Compute = f32> + Storage, P: simd::Param>(
     isa: Isa,
     par: Parallelism,
-    block: ForwardBlock<'_, T, f32>,
+    block: ForwardBlock<'_, T, P>,
 ) {
     let ForwardBlock {
         norm,

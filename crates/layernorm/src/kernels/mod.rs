@@ -24,7 +24,7 @@ use half::{bf16, f16};
 
 use crate::arch::{Isa, Storage};
 use crate::dtype::{Element, Float};
-use crate::par::{split_opt, Parallelism, RowSplit};
+use crate::par::{for_each_block, split_opt, Blocks, Parallelism, RowSplit};
 
 /// Which statistics a row is normalized with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,17 +223,24 @@ impl<T: Element, P: Sync> RowSplit for BackwardBlock<'_, T, P> {
 
 /// Which kernel runs a block of this element type. Implemented for every [`Element`].
 pub trait RowKernels: Sized {
-    /// The γ/β type the kernels take: f32 for the types computed in f32 (f16/bf16 γ/β are
-    /// widened once per call by [`RowKernels::kernel_params`], so that no row converts a
-    /// parameter and the vector kernels are compiled for f32 parameters only), f64 for f64.
+    /// The γ type the backward kernels take: f32 for the types computed in f32 (f16/bf16 γ
+    /// is widened once per call by [`RowKernels::kernel_params`], so that the backward
+    /// kernels are compiled for f32 parameters only; backward has rows enough to pay for it),
+    /// f64 for f64. Forward reads γ/β as stored (see [`RowKernels::forward_block`]).
     type Param: Element;
     /// γ or β as [`RowKernels::Param`]: borrowed when it already is, widened (exactly)
     /// otherwise.
     fn kernel_params<P: ParamOf<Self>>(p: Option<&[P]>) -> Option<Cow<'_, [Self::Param]>>
     where
         Self: Element;
-    /// Normalizes every row of `block`.
-    fn forward_block(isa: Isa, block: ForwardBlock<'_, Self, Self::Param>)
+    /// Runs a whole forward problem (see [`run_forward`]), γ/β read as stored or widened
+    /// to [`RowKernels::Param`] first, as the type decides.
+    fn forward<P: ParamOf<Self>>(isa: Isa, par: Parallelism, work: ForwardBlock<'_, Self, P>)
+    where
+        Self: Element;
+    /// Normalizes every row of `block`, reading γ/β as they are stored (no [`RowKernels::Param`]
+    /// copy: the vector kernels widen 16-bit parameters as they load them).
+    fn forward_block<P: ParamOf<Self>>(isa: Isa, block: ForwardBlock<'_, Self, P>)
     where
         Self: Element;
     /// Backward for every row of `block`, accumulating its dγ/dβ partials.
@@ -246,7 +253,7 @@ pub trait RowKernels: Sized {
     /// Forward of a whole problem of rows of [`LONG_COLS`] columns or more, without fused
     /// residual, a piece of each row at a time (see `long.rs`). (f64, without such a path,
     /// runs its block kernel on the whole problem, on one thread.)
-    fn forward_long(isa: Isa, par: Parallelism, block: ForwardBlock<'_, Self, Self::Param>)
+    fn forward_long<P: ParamOf<Self>>(isa: Isa, par: Parallelism, block: ForwardBlock<'_, Self, P>)
     where
         Self: Element;
     /// Backward as [`RowKernels::forward_long`], of a block without partials: dγ/dβ are
@@ -259,6 +266,38 @@ pub trait RowKernels: Sized {
         dbias: Option<&mut [P]>,
     ) where
         Self: Element;
+}
+
+/// Forward problems with fewer rows than this read 16-bit γ/β as stored, widening them as
+/// they load; from this many rows on, γ/β are widened to f32 once per call
+/// ([`RowKernels::kernel_params`]) and the rows read f32. Widening per call costs two f32
+/// stores per column, which for one row cost more than the row (one thread, bf16, 1×4096:
+/// 7.4 GB/s widened, 11.7 read as stored; 1×768: 3.7 and 7.0); widening as they load costs
+/// every row a permute and an unpack per vector of each, where the arithmetic is the limit
+/// (64×4096: 19.4 widened, 17.3 as stored; 2 threads, 4096×4096: 0.71 and 0.60 of copy).
+/// At 8 rows the two measured alike (16.7 and 16.5 GB/s).
+const FEW_ROWS: usize = 8;
+
+/// Runs a forward problem: long rows (the choice depends on the row length alone, so no
+/// result depends on the number of rows) cut into pieces, other rows in blocks over the
+/// threads; the fused residual keeps whole rows.
+fn run_forward<T: Element, P: ParamOf<T>>(
+    isa: Isa,
+    par: Parallelism,
+    work: ForwardBlock<'_, T, P>,
+) {
+    let (rows, cols) = (work.rows(), work.cols);
+    if T::LONG_ROWS && cols >= LONG_COLS && work.residual.is_none() {
+        return T::forward_long(isa, par, work);
+    }
+    let elems = work.x.len();
+    for_each_block(
+        par,
+        elems,
+        Blocks::for_map(rows, cols),
+        work,
+        &|block, _| T::forward_block(isa, block),
+    );
 }
 
 /// `P: ParamOf<T>`: γ/β of type `P` can go with data of type `T` — every element type's own,
@@ -286,13 +325,32 @@ macro_rules! vector_kernels {
                     }
                 })
             }
-            fn forward_block(isa: Isa, block: ForwardBlock<'_, Self, f32>) {
+            fn forward<P: ParamOf<Self>>(
+                isa: Isa,
+                par: Parallelism,
+                work: ForwardBlock<'_, Self, P>,
+            ) {
+                let narrow = |p: Option<&[P]>| p.is_some_and(|p| P::as_f32_slice(p).is_none());
+                if work.rows() < FEW_ROWS || !(narrow(work.weight) || narrow(work.bias)) {
+                    return run_forward(isa, par, work);
+                }
+                let (weight, bias) = (Self::kernel_params(work.weight), Self::kernel_params(work.bias));
+                let ForwardBlock { norm, cols, eps, stream, x, residual, y, mean, rstd, .. } = work;
+                let (weight, bias) = (weight.as_deref(), bias.as_deref());
+                let work = ForwardBlock { norm, cols, eps, stream, weight, bias, x, residual, y, mean, rstd };
+                run_forward(isa, par, work)
+            }
+            fn forward_block<P: ParamOf<Self>>(isa: Isa, block: ForwardBlock<'_, Self, P>) {
                 isa.vectorize(simd::Forward(block))
             }
             fn backward_block(isa: Isa, block: BackwardBlock<'_, Self, f32>) {
                 isa.vectorize(simd::Backward(block))
             }
-            fn forward_long(isa: Isa, par: Parallelism, block: ForwardBlock<'_, Self, f32>) {
+            fn forward_long<P: ParamOf<Self>>(
+                isa: Isa,
+                par: Parallelism,
+                block: ForwardBlock<'_, Self, P>,
+            ) {
                 long::forward(isa, par, block)
             }
             fn backward_long<P: ParamOf<Self>>(
@@ -319,13 +377,20 @@ impl RowKernels for f64 {
             None => Cow::Owned(p.iter().map(|&v| v.widen()).collect()),
         })
     }
-    fn forward_block(_isa: Isa, block: ForwardBlock<'_, Self, f64>) {
+    fn forward<P: ParamOf<Self>>(isa: Isa, par: Parallelism, work: ForwardBlock<'_, Self, P>) {
+        run_forward(isa, par, work)
+    }
+    fn forward_block<P: ParamOf<Self>>(_isa: Isa, block: ForwardBlock<'_, Self, P>) {
         portable::forward_block(block)
     }
     fn backward_block(_isa: Isa, block: BackwardBlock<'_, Self, f64>) {
         portable::backward_block(block)
     }
-    fn forward_long(_isa: Isa, _par: Parallelism, block: ForwardBlock<'_, Self, f64>) {
+    fn forward_long<P: ParamOf<Self>>(
+        _isa: Isa,
+        _par: Parallelism,
+        block: ForwardBlock<'_, Self, P>,
+    ) {
         portable::forward_block(block)
     }
     fn backward_long<P: ParamOf<Self>>(

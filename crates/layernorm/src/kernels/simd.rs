@@ -39,6 +39,11 @@ use crate::dtype::{to_f64, Element};
 use super::portable::{self, in_safe_range, RowGrads, RowStats};
 use super::{round_into, BackwardBlock, ForwardBlock, Norm};
 
+/// The types γ and β are read as (f32, or the data's 16-bit type), widened as they load.
+pub(crate) trait Param: Element<Compute = f32> + Storage {}
+
+impl<P: Element<Compute = f32> + Storage> Param for P {}
+
 /// Largest vector width of any ISA, in f32 lanes (tails are staged in buffers this long).
 const MAX_LANES: usize = 16;
 
@@ -91,34 +96,38 @@ impl<'a, T, const N: usize> Lookahead<'a, T, N> {
 }
 
 /// A forward block, to run with an ISA.
-pub(crate) struct Forward<'a, T: Element>(pub ForwardBlock<'a, T, f32>);
+///
+/// γ and β are read as they are stored: f32, or the data's own 16-bit type (widened as
+/// they are loaded, as x is, instead of into an f32 copy per call, whose stores cost more
+/// than normalizing a single row).
+pub(crate) struct Forward<'a, T: Element, P>(pub ForwardBlock<'a, T, P>);
 
 /// A backward block, to run with an ISA.
 pub(crate) struct Backward<'a, T: Element>(pub BackwardBlock<'a, T, f32>);
 
-impl<T: Element<Compute = f32> + Storage> WithSimd for Forward<'_, T> {
+impl<T: Element<Compute = f32> + Storage, P: Param> WithSimd for Forward<'_, T, P> {
     type Output = ();
     type Elem = T;
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         match self.0.norm {
-            Norm::Layer => forward_rows::<S, T, true>(s, self.0),
-            Norm::Rms => forward_rows::<S, T, false>(s, self.0),
+            Norm::Layer => forward_rows::<S, T, P, true>(s, self.0),
+            Norm::Rms => forward_rows::<S, T, P, false>(s, self.0),
         }
     }
 }
 
 /// Every row of a forward block; `CENTER`: LayerNorm (true) or RMSNorm (false).
 #[inline(always)]
-fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool>(
+fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, P: Param, const CENTER: bool>(
     s: S,
-    mut block: ForwardBlock<'_, T, f32>,
+    mut block: ForwardBlock<'_, T, P>,
 ) {
     let cols = block.cols;
     let rows = block.rows();
     if block.residual.is_none() {
-        return forward_rows_pipelined::<S, T, CENTER>(s, block);
+        return forward_rows_pipelined::<S, T, P, CENTER>(s, block);
     }
     for r in 0..rows {
         let span = r * cols..(r + 1) * cols;
@@ -142,9 +151,9 @@ fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool
         let stats = if in_safe_range::<f32>(stats.mean, stats.rstd) {
             let (w, b) = (block.weight, block.bias);
             if block.stream {
-                normalize_affine::<S, T, true>(s, x, w, b, stats, y, None);
+                normalize_affine::<S, T, P, true>(s, x, w, b, stats, y, None);
             } else {
-                normalize_affine::<S, T, false>(s, x, w, b, stats, y, None);
+                normalize_affine::<S, T, P, false>(s, x, w, b, stats, y, None);
             }
             stats
         } else {
@@ -165,9 +174,14 @@ fn forward_rows<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool
 /// through the same vectors in the same order as in [`row_stats`]: the results are
 /// identical.
 #[inline(always)]
-fn forward_rows_pipelined<S: Simd, T: Element<Compute = f32> + Storage, const CENTER: bool>(
+fn forward_rows_pipelined<
+    S: Simd,
+    T: Element<Compute = f32> + Storage,
+    P: Param,
+    const CENTER: bool,
+>(
     s: S,
-    mut block: ForwardBlock<'_, T, f32>,
+    mut block: ForwardBlock<'_, T, P>,
 ) {
     let (cols, rows, eps) = (block.cols, block.rows(), block.eps);
     let x = block.x;
@@ -187,9 +201,9 @@ fn forward_rows_pipelined<S: Simd, T: Element<Compute = f32> + Storage, const CE
         let (w, b) = (block.weight, block.bias);
         let (stats, sums) = if in_safe_range::<f32>(stats.mean, stats.rstd) {
             let sums = if block.stream {
-                normalize_affine::<S, T, true>(s, row(r), w, b, stats, y, following)
+                normalize_affine::<S, T, P, true>(s, row(r), w, b, stats, y, following)
             } else {
-                normalize_affine::<S, T, false>(s, row(r), w, b, stats, y, following)
+                normalize_affine::<S, T, P, false>(s, row(r), w, b, stats, y, following)
             };
             (stats, sums)
         } else {
@@ -245,20 +259,20 @@ struct Next<'a, T> {
 /// Pass 2 of a row, with γ/β as given; with `next`, pass 1 of that
 /// row in the same loop, whose sums it returns.
 #[inline(always)]
-fn normalize_affine<S: Simd, T: Storage + Element<Compute = f32>, const NT: bool>(
+fn normalize_affine<S: Simd, T: Storage + Element<Compute = f32>, P: Param, const NT: bool>(
     s: S,
     x: &[T],
-    weight: Option<&[f32]>,
-    bias: Option<&[f32]>,
+    weight: Option<&[P]>,
+    bias: Option<&[P]>,
     stats: RowStats,
     y: &mut [T],
     next: Option<Next<'_, T>>,
 ) -> Option<(f64, f64)> {
     match (weight, bias) {
-        (None, None) => normalize::<S, T, false, false, NT>(s, x, &[], &[], stats, y, next),
-        (Some(w), None) => normalize::<S, T, true, false, NT>(s, x, w, &[], stats, y, next),
-        (None, Some(b)) => normalize::<S, T, false, true, NT>(s, x, &[], b, stats, y, next),
-        (Some(w), Some(b)) => normalize::<S, T, true, true, NT>(s, x, w, b, stats, y, next),
+        (None, None) => normalize::<S, T, P, false, false, NT>(s, x, &[], &[], stats, y, next),
+        (Some(w), None) => normalize::<S, T, P, true, false, NT>(s, x, w, &[], stats, y, next),
+        (None, Some(b)) => normalize::<S, T, P, false, true, NT>(s, x, &[], b, stats, y, next),
+        (Some(w), Some(b)) => normalize::<S, T, P, true, true, NT>(s, x, w, b, stats, y, next),
     }
 }
 
@@ -517,14 +531,15 @@ fn apply<S: Simd>(
 fn normalize<
     S: Simd,
     T: Storage + Element<Compute = f32>,
+    P: Param,
     const W: bool,
     const B: bool,
     const NT: bool,
 >(
     s: S,
     x: &[T],
-    weight: &[f32],
-    bias: &[f32],
+    weight: &[P],
+    bias: &[P],
     stats: RowStats,
     y: &mut [T],
     next: Option<Next<'_, T>>,
@@ -548,7 +563,7 @@ fn normalize<
         prefetch_line_for_write(y, n - 1);
     }
     if head > 0 {
-        normalize_staged::<S, T, W, B>(s, c, x, weight, bias, y, 0, head);
+        normalize_staged::<S, T, P, W, B>(s, c, x, weight, bias, y, 0, head);
     }
     let mut i = head;
     let sums = match next {
@@ -571,7 +586,7 @@ fn normalize<
                 while j + 2 * l <= nxs.len() {
                     lookahead.touch_step(j, 2 * l);
                     acc.step(s, nxs, j);
-                    normalize_pair::<S, T, W, B, NT>(s, c, xs, ws, bs, ys, j);
+                    normalize_pair::<S, T, P, W, B, NT>(s, c, xs, ws, bs, ys, j);
                     j += 2 * l;
                 }
             }
@@ -587,15 +602,15 @@ fn normalize<
         None => None,
     };
     while i + 2 * l <= n {
-        normalize_pair::<S, T, W, B, NT>(s, c, x, weight, bias, y, i);
+        normalize_pair::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
         i += 2 * l;
     }
     if i + l <= n {
-        normalize_vector::<S, T, W, B, NT>(s, c, x, weight, bias, y, i);
+        normalize_vector::<S, T, P, W, B, NT>(s, c, x, weight, bias, y, i);
         i += l;
     }
     if i < n {
-        normalize_staged::<S, T, W, B>(s, c, x, weight, bias, y, i, n - i);
+        normalize_staged::<S, T, P, W, B>(s, c, x, weight, bias, y, i, n - i);
     }
     sums
 }
@@ -606,6 +621,7 @@ fn normalize<
 fn normalize_vector<
     S: Simd,
     T: Storage + Element<Compute = f32>,
+    P: Param,
     const W: bool,
     const B: bool,
     const NT: bool,
@@ -613,12 +629,12 @@ fn normalize_vector<
     s: S,
     c: [S::F32; 3],
     x: &[T],
-    weight: &[f32],
-    bias: &[f32],
+    weight: &[P],
+    bias: &[P],
     y: &mut [T],
     i: usize,
 ) {
-    let v = pass2_value::<S, T, W, B>(s, c, x, weight, bias, i);
+    let v = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i);
     if NT {
         T::stream(s, &mut y[i..], v);
     } else {
@@ -628,21 +644,27 @@ fn normalize_vector<
 
 /// `y[i..i + LANES]` of pass 2, before the store.
 #[inline(always)]
-fn pass2_value<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const B: bool>(
+fn pass2_value<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Param,
+    const W: bool,
+    const B: bool,
+>(
     s: S,
     c: [S::F32; 3],
     x: &[T],
-    weight: &[f32],
-    bias: &[f32],
+    weight: &[P],
+    bias: &[P],
     i: usize,
 ) -> S::F32 {
     let wv = if W {
-        Some(s.load_f32(&weight[i..]))
+        Some(P::load(s, &weight[i..]))
     } else {
         None
     };
     let bv = if B {
-        Some(s.load_f32(&bias[i..]))
+        Some(P::load(s, &bias[i..]))
     } else {
         None
     };
@@ -656,6 +678,7 @@ fn pass2_value<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, cons
 fn normalize_pair<
     S: Simd,
     T: Storage + Element<Compute = f32>,
+    P: Param,
     const W: bool,
     const B: bool,
     const NT: bool,
@@ -663,13 +686,13 @@ fn normalize_pair<
     s: S,
     c: [S::F32; 3],
     x: &[T],
-    weight: &[f32],
-    bias: &[f32],
+    weight: &[P],
+    bias: &[P],
     y: &mut [T],
     i: usize,
 ) {
-    let v0 = pass2_value::<S, T, W, B>(s, c, x, weight, bias, i);
-    let v1 = pass2_value::<S, T, W, B>(s, c, x, weight, bias, i + S::LANES);
+    let v0 = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i);
+    let v1 = pass2_value::<S, T, P, W, B>(s, c, x, weight, bias, i + S::LANES);
     T::store2::<S, NT>(s, &mut y[i..], [v0, v1]);
 }
 
@@ -688,21 +711,27 @@ fn head_len<S: Simd, T>(y: &[T]) -> usize {
 /// computed, never stored).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn normalize_staged<S: Simd, T: Storage + Element<Compute = f32>, const W: bool, const B: bool>(
+fn normalize_staged<
+    S: Simd,
+    T: Storage + Element<Compute = f32>,
+    P: Param,
+    const W: bool,
+    const B: bool,
+>(
     s: S,
     c: [S::F32; 3],
     x: &[T],
-    weight: &[f32],
-    bias: &[f32],
+    weight: &[P],
+    bias: &[P],
     y: &mut [T],
     i: usize,
     t: usize,
 ) {
-    let none = [0.0f32; MAX_LANES];
+    let none = [P::default(); MAX_LANES];
     let wb = if W { stage(weight, i, t) } else { none };
     let bb = if B { stage(bias, i, t) } else { none };
     let mut out = [T::default(); MAX_LANES];
-    normalize_vector::<S, T, W, B, false>(s, c, &stage(x, i, t), &wb, &bb, &mut out, 0);
+    normalize_vector::<S, T, P, W, B, false>(s, c, &stage(x, i, t), &wb, &bb, &mut out, 0);
     y[i..i + t].copy_from_slice(&out[..t]);
 }
 
@@ -1876,16 +1905,16 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for PieceSums<'_, T> {
 
 /// Pass 2 of a piece of a long row: `y = x̂·γ + β` with the row's statistics (`weight`,
 /// `bias` and `y` cut like `x`).
-pub(crate) struct PieceNormalize<'a, T> {
+pub(crate) struct PieceNormalize<'a, T, P> {
     pub x: &'a [T],
-    pub weight: Option<&'a [f32]>,
-    pub bias: Option<&'a [f32]>,
+    pub weight: Option<&'a [P]>,
+    pub bias: Option<&'a [P]>,
     pub stats: RowStats,
     pub y: &'a mut [T],
     pub stream: bool,
 }
 
-impl<T: Element<Compute = f32> + Storage> WithSimd for PieceNormalize<'_, T> {
+impl<T: Element<Compute = f32> + Storage, P: Param> WithSimd for PieceNormalize<'_, T, P> {
     type Output = ();
     type Elem = T;
 
@@ -1900,10 +1929,10 @@ impl<T: Element<Compute = f32> + Storage> WithSimd for PieceNormalize<'_, T> {
             stream,
         } = self;
         if stream {
-            normalize_affine::<S, T, true>(s, x, weight, bias, stats, y, None);
+            normalize_affine::<S, T, P, true>(s, x, weight, bias, stats, y, None);
             s.fence();
         } else {
-            normalize_affine::<S, T, false>(s, x, weight, bias, stats, y, None);
+            normalize_affine::<S, T, P, false>(s, x, weight, bias, stats, y, None);
         }
     }
 }

@@ -54,34 +54,20 @@ pub(crate) fn forward<T: Element, P: ParamOf<T>>(
     if let Some(r) = &rstd {
         check_len(Operand::Rstd, shape.rows, r.len())?;
     }
-    let (weight, bias) = (
-        T::kernel_params(affine.weight),
-        T::kernel_params(affine.bias),
-    );
     let work = ForwardBlock {
         norm,
         cols: shape.cols,
         eps,
         stream: arch::stream_output(y, true),
-        weight: weight.as_deref(),
-        bias: bias.as_deref(),
+        weight: affine.weight,
+        bias: affine.bias,
         x,
         residual,
         y,
         mean,
         rstd,
     };
-    let isa = arch::active();
-    // Long rows (the choice depends on the row length alone, so no result depends on the
-    // number of rows) are cut into pieces; the fused residual keeps whole rows.
-    if T::LONG_ROWS && shape.cols >= LONG_COLS && work.residual.is_none() {
-        T::forward_long(isa, par, work);
-        return Ok(());
-    }
-    let blocks = Blocks::for_map(shape.rows, shape.cols);
-    for_each_block(par, x.len(), blocks, work, &|block, _| {
-        T::forward_block(isa, block)
-    });
+    T::forward(arch::active(), par, work);
     Ok(())
 }
 

@@ -114,3 +114,55 @@ fn sixteen_bit_data_with_f32_parameters_on_long_rows() {
     check::<layernorm::bf16>(2, (1 << 19) + 3, 40);
     check::<layernorm::f16>(1, (1 << 19) + 1, 41);
 }
+
+/// 16-bit γ/β reach the forward kernels two ways: read as stored for a few rows, widened to
+/// f32 once per call for more (see `FEW_ROWS` in `kernels`). Both must give the bits that
+/// the same values as f32 γ/β give: a row alone, the same row in a batch of 12, and the
+/// batch with f32 parameters, on every ISA, for row lengths with and without a tail.
+fn sixteen_bit_parameters_read_either_way<T: Element<Compute = f32>>(seed: u8)
+where
+    f32: layernorm::ParamOf<T>,
+{
+    let mut rng = Rand::new(seed);
+    let bits = |v: &[T]| -> Vec<u32> { v.iter().map(|x| x.widen().to_bits()).collect() };
+    for cols in [37, 768, 4097] {
+        let rows = 12;
+        let x: Vec<T> = rng.normals(rows * cols, 1.0, 2.0);
+        let w: Vec<T> = rng.normals(cols, 1.0, 0.5);
+        let b: Vec<T> = rng.normals(cols, 0.0, 0.5);
+        let (wf, bf): (Vec<f32>, Vec<f32>) = (
+            w.iter().map(|v| v.widen()).collect(),
+            b.iter().map(|v| v.widen()).collect(),
+        );
+        for kind in layernorm::cpu_info().available {
+            layernorm::with_isa(kind, || {
+                let par = Parallelism::Rayon;
+                let affine = Affine::scale_shift(&w, &b);
+                let (y, stats) = layer_norm::forward(&x, cols, affine, 1e-5, par).unwrap();
+                let mixed = Affine::scale_shift(&wf, &bf);
+                let (ym, sm) = layer_norm::forward_mixed(&x, cols, mixed, 1e-5, par).unwrap();
+                let what = format!("{} {kind:?} cols {cols}", T::NAME);
+                assert_eq!(bits(&y), bits(&ym), "{what}: batch, f32 γ/β");
+                assert_eq!((&stats.mean, &stats.rstd), (&sm.mean, &sm.rstd), "{what}");
+                for r in [0, 5, rows - 1] {
+                    let row = &x[r * cols..(r + 1) * cols];
+                    let (y1, s1) = layer_norm::forward(row, cols, affine, 1e-5, par).unwrap();
+                    let span = r * cols..(r + 1) * cols;
+                    assert_eq!(bits(&y1), bits(&y[span]), "{what}: row {r} alone");
+                    assert_eq!((s1.mean[0], s1.rstd[0]), (stats.mean[r], stats.rstd[r]));
+                }
+            })
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn bf16_parameters_give_the_same_bits_read_as_stored_or_widened() {
+    sixteen_bit_parameters_read_either_way::<layernorm::bf16>(41);
+}
+
+#[test]
+fn f16_parameters_give_the_same_bits_read_as_stored_or_widened() {
+    sixteen_bit_parameters_read_either_way::<layernorm::f16>(42);
+}
