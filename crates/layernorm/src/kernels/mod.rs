@@ -334,10 +334,15 @@ macro_rules! vector_kernels {
                 if work.rows() < FEW_ROWS || !(narrow(work.weight) || narrow(work.bias)) {
                     return run_forward(isa, par, work);
                 }
-                let (weight, bias) = (Self::kernel_params(work.weight), Self::kernel_params(work.bias));
-                let ForwardBlock { norm, cols, eps, stream, x, residual, y, mean, rstd, .. } = work;
+                let weight = Self::kernel_params(work.weight);
+                let bias = Self::kernel_params(work.bias);
+                let ForwardBlock {
+                    norm, cols, eps, stream, x, residual, y, mean, rstd, ..
+                } = work;
                 let (weight, bias) = (weight.as_deref(), bias.as_deref());
-                let work = ForwardBlock { norm, cols, eps, stream, weight, bias, x, residual, y, mean, rstd };
+                let work = ForwardBlock {
+                    norm, cols, eps, stream, weight, bias, x, residual, y, mean, rstd,
+                };
                 run_forward(isa, par, work)
             }
             fn forward_block<P: ParamOf<Self>>(isa: Isa, block: ForwardBlock<'_, Self, P>) {

@@ -97,9 +97,8 @@ impl<'a, T, const N: usize> Lookahead<'a, T, N> {
 
 /// A forward block, to run with an ISA.
 ///
-/// γ and β are read as they are stored: f32, or the data's own 16-bit type (widened as
-/// they are loaded, as x is, instead of into an f32 copy per call, whose stores cost more
-/// than normalizing a single row).
+/// γ and β are read as the caller hands them: f32, or the data's own 16-bit type, widened
+/// as they are loaded, as x is (`RowKernels::forward` chooses per call: see `FEW_ROWS`).
 pub(crate) struct Forward<'a, T: Element, P>(pub ForwardBlock<'a, T, P>);
 
 /// A backward block, to run with an ISA.
@@ -1830,16 +1829,16 @@ fn accumulate<S: Simd>(s: S, acc: &mut [f64], [v0, v1]: [S::F64; 2]) {
     s.store_f64(&mut acc[half..], a1);
 }
 
-/// `dst = src` widened to f32: 16-bit γ/β for the kernels, which read them as f32. A vector
-/// loop, once per call: the iterator it replaced cost ~0.17 ns per parameter, which for one
-/// bf16 row of 4096 (a decoding step) was more than the row's normalization (forward, one
-/// thread: 0.58 ns/elem against 0.25 with f32 parameters).
+/// `dst = src` widened to f32: 16-bit γ/β, once per call, for the kernels that read them
+/// as f32 (backward, and forward from `FEW_ROWS` rows on). A vector loop: the iterator it
+/// replaced cost ~0.17 ns per parameter (one bf16 row of 4096, forward, one thread: 0.58
+/// ns/elem against 0.25 with f32 parameters, before such calls read γ/β as stored).
 pub(crate) struct WidenParams<'a, P> {
     pub src: &'a [P],
     pub dst: &'a mut [f32],
 }
 
-impl<P: Element<Compute = f32> + Storage> WithSimd for WidenParams<'_, P> {
+impl<P: Param> WithSimd for WidenParams<'_, P> {
     type Output = ();
     type Elem = f32;
 
@@ -1866,7 +1865,7 @@ pub(crate) struct RoundInto<'a, P> {
     pub out: &'a mut [P],
 }
 
-impl<P: Element<Compute = f32> + Storage> WithSimd for RoundInto<'_, P> {
+impl<P: Param> WithSimd for RoundInto<'_, P> {
     type Output = ();
     type Elem = P;
 
