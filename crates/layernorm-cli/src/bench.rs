@@ -39,7 +39,7 @@ const DEFAULT_SHAPES: [(usize, usize); 4] = [(1600, 128), (8192, 768), (4096, 40
 /// that the work done once per call on the columns (γ/β widened for f16/bf16, the dγ/dβ
 /// partials zeroed, combined and rounded) stays small beside the rows' own, and backward
 /// takes the code path it takes on the whole shape (rows of 2048 columns and more go through
-/// pass 2 in groups of 4). Rows too long for that many to fit get no in-cache figure.
+/// pass 2 in pairs). Rows too long for that many to fit get no in-cache figure.
 const CACHE_BYTES: usize = 1 << 20;
 const CACHE_MIN_ROWS: usize = 16;
 

@@ -181,7 +181,7 @@ fn f64_constant_rows_near_max_give_exactly_beta() {
 #[test]
 fn rows_needing_f64_in_backward_are_handled_alone() {
     // A row outside f32's safe range (spanning 1e-30..1e30) takes the f64 path. Rows of 2048
-    // and more go through backward pass 2 in groups of 4, and such a row sends its group
+    // and more go through backward pass 2 in pairs, and such a row sends its pair
     // through one row at a time; shorter rows add dβ in pass 1, which runs ahead inside the
     // previous row's pass 2, so the f64 path must neither add it again nor skip it. The
     // first, a middle and the last row are tried. Every output must match the reference as in
