@@ -2049,15 +2049,14 @@ impl<T: Element<Compute = f32> + Storage, P: Element> WithSimd for PieceGrads<'_
 
 #[cfg(test)]
 mod tests {
-    use super::{RoundInto, WidenParams};
+    use super::{Param, RoundInto, WidenParams};
     use crate::arch::Isa;
-    use crate::dtype::Element;
     use half::{bf16, f16};
 
     /// Every ISA widens 16-bit parameters to the values of the scalar conversion, bit for bit,
     /// for every length up to a few vectors (whole vectors and the scalar tail), from slices
     /// that start anywhere, with zeros, subnormals, infinities and NaN among them.
-    fn widens_as_scalar<P: Element<Compute = f32> + crate::arch::Storage>(from_f32: fn(f32) -> P) {
+    fn widens_as_scalar<P: Param>(from_f32: fn(f32) -> P) {
         let specials = [
             0.0,
             -0.0,
@@ -2093,7 +2092,7 @@ mod tests {
     /// midpoints (where rounding twice would go wrong), ties, exact values, subnormals of
     /// both types and of f32, values underflowing f32, beyond f32's range and beyond the
     /// 16-bit ranges, infinities and NaN.
-    fn rounds_as_scalar<P: Element<Compute = f32> + crate::arch::Storage>() {
+    fn rounds_as_scalar<P: Param>() {
         let mut values = vec![
             0.0,
             -0.0,
